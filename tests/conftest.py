@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real data lives, and small generated images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The real data (atlas pairs, golden values, LP-CNN weights) is never committed: it is read from
+#: $FUSION_SHARED_DATA, or ../shared/data beside the checkout.
+SHARED_DATA = Path(os.environ.get("FUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under the shared data, or skip the test with the reason when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not found at {p}; set FUSION_SHARED_DATA to the shared data folder")
+    return p
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
