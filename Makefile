@@ -1,0 +1,39 @@
+# The README's quick start, spelled out. `make demo` and `make test` install into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, so that pip takes the CPU build (set TORCH_SPEC for another build, e.g. a CUDA one)
+TORCH_SPEC ?= torch==2.13.0
+DEMO ?= runs/demo
+
+.PHONY: install demo test mlflow-ui clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+# main job: build the synthetic demo set, train the bundle on it (tracked in MLflow), fuse its pairs
+demo: install
+	$(BIN)/python -m data_prep demo $(DEMO)/data --overwrite
+	$(BIN)/python -m monai.bundle run training \
+		--config_file bundles/ssim_fusion/configs/train.yaml \
+		--datalist $(DEMO)/data/datalist.json --output_dir $(DEMO)/train --tracking mlflow
+	$(BIN)/python -m monai.bundle run inference \
+		--config_file bundles/ssim_fusion/configs/inference.yaml \
+		--model_path $(DEMO)/train/models/model.pt \
+		--input_dir $(DEMO)/data/CT-MRI --output_dir $(DEMO)/fused
+	@echo "fused images: $(DEMO)/fused    runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO)/train/mlruns.db"
+
+test: install
+	$(BIN)/python -m pytest -n auto
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO)/train/mlruns.db
+
+clean-demo:
+	rm -rf $(DEMO)
