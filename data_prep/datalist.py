@@ -131,9 +131,10 @@ def split_cases(cases_by_pair: Mapping[str, Iterable[str]], spec: SplitSpec) -> 
         free = [c for c in cases if c not in assigned]
         rng.shuffle(free)
         for case in free:
-            # the split furthest below its target takes the case; ties go to the earlier split
-            gaps = [target[i] - have[i] for i in range(3)]
-            i = int(np.argmax(gaps))
+            # A wanted split still without a case of this pair type comes first (cases shared with
+            # pair types placed earlier may have filled other splits); then the split furthest
+            # below its target; ties go to the earlier split.
+            i = max(range(3), key=lambda j: (target[j] > 0 and have[j] == 0, target[j] - have[j], -j))
             assigned[case] = SPLITS[i]
             have[i] += 1
     return {c: assigned[c] for c in all_cases}
@@ -233,8 +234,9 @@ def write_dataset(
             name = f"{p.case}_{int(p.slice):03d}.png"
             rel_a = f"{p.pair}/{p.modality_a}/{name}"
             rel_b = f"{p.pair}/{p.modality_b}/{name}"
-            write_png(staging / rel_a, p.image_a)
-            write_png(staging / rel_b, p.image_b)
+            # no fsync per file: the folder is published whole, after one sync below
+            write_png(staging / rel_a, p.image_a, durable=False)
+            write_png(staging / rel_b, p.image_b, durable=False)
             entries.append({
                 "image_a": rel_a, "image_b": rel_b,
                 "modality_a": p.modality_a, "modality_b": p.modality_b,
@@ -253,6 +255,8 @@ def write_dataset(
         if extra:
             datalist.update(extra)
         (staging / "datalist.json").write_text(json.dumps(datalist, indent=2, sort_keys=True) + "\n")
+        if hasattr(os, "sync"):
+            os.sync()  # everything on disk before OUT appears
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -76,12 +76,19 @@ def read_image(path: str | os.PathLike, mode: Mode = "any") -> np.ndarray:
                 if w * h > MAX_PIXELS:
                     raise _fail(path, f"declared size {w}x{h} exceeds {MAX_PIXELS} pixels "
                                 "(a decompression bomb or not a slice)", "Crop or downsample it first")
+                # Pillow decodes 16-bit RGB(A) PNGs to 8 bits without a word: refuse them here,
+                # before decoding, from the declared raw mode of the encoded data.
+                if _declares_16_bit(im):
+                    raise _fail(path, "holds 16 bits per channel, which would be cut to 8 bits silently",
+                                "Convert it to 8 bits with an explicit window first")
                 im.load()  # decodes every byte now: truncation and corruption surface here
                 arr = _to_uint8(path, im)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _fail(path, f"declares a size beyond the safety limit ({err})",
+                    "It is a decompression bomb or not a slice: crop or downsample it first") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise _fail(path, f"cannot be decoded as an image ({err})",
                     "The file is corrupt or truncated: re-create or re-download it") from err
     if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
@@ -92,6 +99,15 @@ def read_image(path: str | os.PathLike, mode: Mode = "any") -> np.ndarray:
     if mode == "rgb" and arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return np.ascontiguousarray(arr)
+
+
+def _declares_16_bit(im: Image.Image) -> bool:
+    """True when the encoded data of an opened (not yet decoded) image has 16-bit samples."""
+    for tile in im.tile:
+        args = tile[3] if len(tile) > 3 else None  # the raw mode, e.g. "RGB;16B", leads the args
+        if ";16" in str(args):
+            return True
+    return False
 
 
 def _to_uint8(path: Path, im: Image.Image) -> np.ndarray:
@@ -142,28 +158,37 @@ def read_pair(path_a: str | os.PathLike, path_b: str | os.PathLike) -> tuple[np.
     return a, b
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Args:
+        path: target file; its folder is created.
+        data: the bytes.
+        durable: ``fsync`` the file before the rename (default). Writers that publish a whole
+            folder at once (:func:`data_prep.datalist.write_dataset`) pass ``False`` and sync once.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+def write_png(path: str | os.PathLike, image: np.ndarray, *, durable: bool = True) -> None:
     """Write an 8-bit gray ``(H, W)`` or RGB ``(H, W, 3)`` PNG atomically.
 
     Args:
         path: target file; its folder is created.
         image: ``uint8`` array, or a float array in [0, 1] (rounded to 0..255).
+        durable: ``fsync`` before the rename (see :func:`atomic_write_bytes`).
 
     Raises:
         ValueError: the array is not 2D gray or 3-channel colour, or holds NaN/Inf.
@@ -178,4 +203,4 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
         raise ValueError(f"{path}: expected an (H, W) or (H, W, 3) image, got shape {arr.shape}")
     buf = _io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), durable=durable)
