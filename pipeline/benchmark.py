@@ -1,0 +1,423 @@
+"""``python -m pipeline benchmark``: fuse a datalist split with several methods and score them.
+
+Example::
+
+    python -m pipeline benchmark --datalist data/datalist.json --split test \\
+        --methods wa,gff,lpcnn,dwt,lp,cnn --out runs/benchmark
+
+For every pair of the split and every method it writes
+
+- ``OUT/fused/<method>/<case>_<slice:03d>.png`` (``<pair>/<case>_<slice:03d>.png`` when the split
+  mixes pair types, e.g. CT-MRI and SPECT-MRI, whose case/slice numbers may coincide),
+- ``OUT/results.csv``: one row per (method, pair) with ``method, pair, case, slice, seconds`` and
+  one column per metric,
+- ``OUT/summary.md``: mean +- std per method and metric, the best in bold, and the seconds per pair,
+  like the thesis's Tables 4.1/4.2 but over every pair of the split,
+- ``OUT/figures/<pair>_<case>_<slice:03d>.png``: the two sources on top and each method's result
+  below, labelled, like the thesis's Figures 4.5/4.6,
+
+and logs the parameters, the mean metrics and those files as one run of the MLflow experiment
+``benchmark`` (tracking URI default ``sqlite:///OUT/mlruns.db``; artifacts under ``OUT/mlartifacts``
+for a new experiment).
+
+Images are read as 8-bit, fused as float in [0, 1] and written as 8-bit PNG; metrics score the
+written 8-bit images on the 0..255 scale, as the reference toolboxes score saved files (colour
+pairs on the Y channel). A metric that is undefined for a pair (NaN) is kept in the CSV with a
+warning and left out of the means. Methods
+whose requirements are missing (LP-CNN weights, the trained checkpoint) are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.baselines import METHODS, fuse_pair
+from pipeline.baselines.cli import collect_params
+from pipeline.io import read_pair, write_png
+
+__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "LOWER_IS_BETTER"]
+
+#: Metrics for which a smaller value is better (every other one: larger is better).
+LOWER_IS_BETTER = frozenset({"Q_CV", "RMSE", "CE", "seconds"})
+
+DEFAULT_METHODS = ",".join(METHODS)
+
+
+@dataclass
+class BenchmarkResult:
+    """What a benchmark run produced."""
+
+    out: Path
+    methods: list[str]
+    skipped: dict[str, str]
+    metrics: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    run_id: str | None = None
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _method_requirements(method: str, lpcnn_weights: str | None, checkpoint: str | None) -> str | None:
+    """Why ``method`` cannot run here, or None when it can."""
+    try:
+        if method == "lpcnn":
+            from pipeline.baselines.lpcnn import resolve_weights_path
+
+            resolve_weights_path(lpcnn_weights)
+        elif method == "cnn":
+            from pipeline.baselines.cnn import DEFAULT_CHECKPOINT
+
+            path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+            if not path.is_file():
+                return f"no trained checkpoint at {path} (train the bundle, or pass --checkpoint PATH)"
+        else:
+            from pipeline.baselines import get_method
+
+            get_method(method)
+    except FileNotFoundError as err:
+        return f"{err} (or pass --lpcnn-weights PATH)"
+    except ImportError as err:
+        return f"cannot import it ({err})"
+    return None
+
+
+def _fused_name(entry: dict, mixed_pairs: bool) -> str:
+    name = f"{entry['case']}_{int(entry['slice']):03d}.png"
+    return f"{entry['pair']}/{name}" if mixed_pairs else name
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "nan"
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude >= 1e4 or magnitude < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def summarise(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and standard deviation per method and metric (``seconds`` included), NaNs ignored.
+
+    Args:
+        rows: result rows (``method`` key plus one key per metric and ``seconds``).
+        methods: methods to summarise.
+        metrics: metric columns.
+
+    Returns:
+        ``{method: {metric: (mean, std)}}``; ``(nan, nan)`` where a method has no finite value.
+    """
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        table[method] = {}
+        for name in [*metrics, "seconds"]:
+            values = np.array([float(r[name]) for r in mine], dtype=np.float64)
+            values = values[np.isfinite(values)]
+            table[method][name] = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    return table
+
+
+def summary_markdown(
+    table: dict[str, dict[str, tuple[float, float]]], metrics: Sequence[str], title: str, n_pairs: int,
+    skipped: dict[str, str],
+) -> str:
+    """The summary table as Markdown: metrics as rows, methods as columns, the best in bold.
+
+    Args:
+        table: output of :func:`summarise`.
+        metrics: metric columns in order.
+        title: heading line.
+        n_pairs: number of pairs scored.
+        skipped: methods skipped and why.
+
+    Returns:
+        the Markdown text.
+    """
+    methods = list(table)
+    columns = [*metrics, "seconds"]
+    best: dict[str, float] = {}
+    for name in columns:
+        means = [table[m][name][0] for m in methods if math.isfinite(table[m][name][0])]
+        if means:
+            best[name] = min(means) if name in LOWER_IS_BETTER else max(means)
+    lines = [f"# {title}", "", f"Mean +- standard deviation over {n_pairs} pairs; best in bold "
+             f"(lower is better for {', '.join(sorted(LOWER_IS_BETTER))}, higher for the rest). "
+             "`seconds` is the fusion time per pair.", ""]
+    # metrics as rows and methods as columns, like the thesis's Tables 4.1/4.2
+    lines.append("| metric | " + " | ".join(methods) + " |")
+    lines.append("|---|" + "---|" * len(methods))
+    for name in columns:
+        cells = []
+        for m in methods:
+            mean, std = table[m][name]
+            text = f"{_fmt(mean)} +- {_fmt(std)}"
+            cells.append(f"**{text}**" if name in best and mean == best[name] else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", "Skipped methods:", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_figure(path: Path, sources: tuple[np.ndarray, np.ndarray], labels: tuple[str, str],
+                 fused: dict[str, np.ndarray], title: str) -> None:
+    """Save a comparison figure: the two sources on the top row, each method below, labelled.
+
+    Args:
+        path: PNG to write.
+        sources: the two 8-bit sources (gray or RGB).
+        labels: their modality names.
+        fused: method name -> 8-bit fused image.
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(2, min(3, len(fused)))
+    nrows = 1 + math.ceil(len(fused) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    panels = [(axes[0, i], img, lab) for i, (img, lab) in enumerate(zip(sources, labels))]
+    panels += [(axes[1 + i // ncols, i % ncols], img, name) for i, (name, img) in enumerate(fused.items())]
+    for ax, img, label in panels:
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _figure_indices(n: int, count: int) -> list[int]:
+    if count <= 0 or n == 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(count, n))})
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], metrics: Sequence[str]) -> None:
+    columns = ["method", "pair", "case", "slice", "seconds", *metrics]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _log_mlflow(result: BenchmarkResult, table: dict, params: dict[str, Any], tracking_uri: str | None,
+                experiment: str) -> str:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or f"sqlite:///{(result.out / 'mlruns.db').resolve()}"
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        # a SQLite store would put artifacts in ./mlruns of the working folder: keep them beside the DB
+        exp_id = client.create_experiment(experiment, artifact_location=(result.out / "mlartifacts").resolve().as_uri())
+    else:
+        exp_id = found.experiment_id
+    run = client.create_run(exp_id, run_name=f"benchmark-{params['split']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    try:
+        ts = int(time.time() * 1000)
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:500]) for k, v in params.items()])
+        metrics = [mlflow.entities.Metric(f"{m}/{name}", mean, ts, 0)
+                   for m, per in table.items() for name, (mean, _) in per.items() if math.isfinite(mean)]
+        for start in range(0, len(metrics), 900):  # MLflow's batch limit is 1000
+            client.log_batch(run_id, metrics=metrics[start:start + 900])
+        for name in ("results.csv", "summary.md"):
+            client.log_artifact(run_id, str(result.out / name))
+        if result.figures:
+            client.log_artifacts(run_id, str(result.out / "figures"), "figures")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def run_benchmark(
+    datalist: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "test",
+    methods: Sequence[str] = METHODS,
+    metrics: Sequence[str] | None = None,
+    colour: str = "ycbcr",
+    checkpoint: str | None = None,
+    lpcnn_weights: str | None = None,
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "benchmark",
+    n_figures: int = 2,
+    limit: int | None = None,
+    mlflow_logging: bool = True,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Fuse every pair of a split with each method, score, summarise, draw and log.
+
+    Args:
+        datalist: ``datalist.json`` (see :mod:`data_prep.datalist`).
+        out: output folder (created; files in it are replaced).
+        split: ``training``, ``validation`` or ``test``.
+        methods: method names from :data:`pipeline.baselines.METHODS`.
+        metrics: metric names; default ``pipeline.metrics.DEFAULT_METRICS``.
+        colour: colour mode for PET/SPECT pairs (``ycbcr`` or ``per-channel``).
+        checkpoint: trained network weights for ``cnn``.
+        lpcnn_weights: ``cnnmodel.mat`` for ``lpcnn``.
+        device: torch device for ``lpcnn``/``cnn``.
+        tracking_uri: MLflow tracking URI; default ``sqlite:///OUT/mlruns.db``.
+        experiment: MLflow experiment name.
+        n_figures: number of comparison figures (pairs evenly spread over the split).
+        limit: use only the first ``limit`` pairs (quick looks).
+        mlflow_logging: log the run to MLflow.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        a :class:`BenchmarkResult`.
+
+    Raises:
+        ValueError: unknown method names, no runnable method, or an empty split.
+    """
+    from data_prep.datalist import load_datalist
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    entries = load_datalist(datalist, split)
+    from pipeline.metrics import DEFAULT_METRICS, compute_metrics
+
+    metric_names = list(metrics) if metrics else list(DEFAULT_METRICS)
+    if limit is not None:
+        entries = entries[: max(0, int(limit))]
+    if not entries:
+        raise ValueError(f"{datalist}: the {split!r} split has no pairs")
+    skipped: dict[str, str] = {}
+    params: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        why = _method_requirements(m, lpcnn_weights, checkpoint)
+        if why is None:
+            params[m] = collect_params(m, [], lpcnn_weights, checkpoint, device)
+        else:
+            skipped[m] = why
+            print(f"benchmark: skipping {m}: {why}", file=sys.stderr)
+    runnable = [m for m in methods if m not in skipped]
+    if not runnable:
+        raise ValueError("no method can run: " + "; ".join(f"{m}: {w}" for m, w in skipped.items()))
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = BenchmarkResult(out=out, methods=runnable, skipped=skipped, metrics=metric_names)
+    mixed_pairs = len({e.get("pair") for e in entries}) > 1
+    figure_at = set(_figure_indices(len(entries), n_figures))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(entries) * len(runnable), desc="benchmark", unit="fusion", disable=not progress)
+    try:
+        for index, entry in enumerate(entries):
+            a8, b8 = read_pair(entry["image_a"], entry["image_b"])
+            a, b = a8 / 255.0, b8 / 255.0
+            fused_for_figure: dict[str, np.ndarray] = {}
+            for m in runnable:
+                bar.set_postfix_str(f"{m} {entry['case']}/{entry['slice']}")
+                start = time.perf_counter()
+                fused = fuse_pair(m, a, b, colour=colour, **params[m])
+                seconds = time.perf_counter() - start
+                target = out / "fused" / m / _fused_name(entry, mixed_pairs)
+                write_png(target, fused)
+                f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
+                scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
+                                         names=metric_names, colour="y", nan_policy="warn")
+                row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
+                       "slice": int(entry["slice"]), "seconds": seconds}
+                row.update({k: float(scores[k]) for k in metric_names})
+                result.rows.append(row)
+                if index in figure_at:
+                    fused_for_figure[m] = f8
+                bar.update(1)
+            if index in figure_at:
+                name = f"{entry.get('pair', 'pair')}_{entry['case']}_{int(entry['slice']):03d}.png"
+                path = out / "figures" / name
+                title = f"{entry.get('pair', '')} case {entry['case']} slice {int(entry['slice']):03d}"
+                labels = (entry.get("modality_a", "A"), entry.get("modality_b", "B"))
+                write_figure(path, (a8, b8), labels, fused_for_figure, title)
+                result.figures.append(path)
+    finally:
+        bar.close()
+
+    _write_csv(out / "results.csv", result.rows, metric_names)
+    table = summarise(result.rows, runnable, metric_names)
+    pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
+    text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({colour})",
+                            len(entries), skipped)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "summary.md")
+    if mlflow_logging:
+        run_params = {"datalist": str(Path(datalist).resolve()), "split": split, "methods": ",".join(runnable),
+                      "skipped": ",".join(skipped) or "none", "metrics": ",".join(metric_names), "colour": colour,
+                      "n_pairs": len(entries), "checkpoint": checkpoint or "default",
+                      "lpcnn_weights": lpcnn_weights or "default"}
+        try:
+            from pipeline.tracking import file_sha256
+
+            run_params["datalist_sha256"] = file_sha256(datalist)
+        except ImportError:
+            pass
+        result.run_id = _log_mlflow(result, table, run_params, tracking_uri, experiment)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m pipeline benchmark``."""
+    parser.add_argument("--datalist", required=True, help="datalist.json written by python -m data_prep")
+    parser.add_argument("--split", default="test", choices=("training", "validation", "test"))
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {DEFAULT_METHODS}")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metric names (default: the registry's defaults, all of them)")
+    parser.add_argument("--colour", default="ycbcr", choices=("ycbcr", "per-channel"), help="colour mode for PET/SPECT")
+    parser.add_argument("--checkpoint", default=None, help="trained network weights for cnn")
+    parser.add_argument("--lpcnn-weights", default=None, help="cnnmodel.mat for lpcnn")
+    parser.add_argument("--device", default=None, help="torch device for lpcnn/cnn")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///OUT/mlruns.db)")
+    parser.add_argument("--experiment", default="benchmark", help="MLflow experiment name")
+    parser.add_argument("--figures", type=int, default=2, help="number of comparison figures")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the summary; returns 0 on success."""
+    result = run_benchmark(
+        args.datalist, args.out, split=args.split, methods=_split_list(args.methods),
+        metrics=_split_list(args.metrics) or None, colour=args.colour, checkpoint=args.checkpoint,
+        lpcnn_weights=args.lpcnn_weights, device=args.device, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, n_figures=args.figures, limit=args.limit, mlflow_logging=not args.no_mlflow,
+    )
+    print((result.out / "summary.md").read_text())
+    print(f"results: {result.out / 'results.csv'}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+    return 0

@@ -1,0 +1,85 @@
+"""``python -m pipeline benchmark`` on a tiny generated datalist."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from data_prep.datalist import SlicePair, SplitSpec, write_dataset
+from pipeline.cli import main
+from pipeline.io import read_image
+
+METRICS = ["EN", "SD", "RMSE"]
+
+
+@pytest.fixture
+def datalist(tmp_path, rng):
+    pairs = []
+    for case in ("1", "2", "3", "4"):
+        for sl in (5, 6):
+            ct = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+            mri = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+            pairs.append(SlicePair(ct, mri, "CT", "MRI", case, sl))
+    spec = SplitSpec(cases={"training": ["1"], "validation": ["2"], "test": ["3", "4"]})
+    write_dataset(pairs, tmp_path / "data", split=spec)
+    return tmp_path / "data" / "datalist.json"
+
+
+def test_benchmark_end_to_end(datalist, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--datalist", str(datalist), "--split", "test", "--methods", "wa,dwt,lp,cnn",
+                 "--out", str(out), "--metrics", ",".join(METRICS), "--checkpoint", str(tmp_path / "none.pt"),
+                 "--figures", "1"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "skipping cnn: no trained checkpoint" in captured.err
+
+    # fused images: one per method and pair, 8-bit, the input size
+    for method in ("wa", "dwt", "lp"):
+        names = sorted(p.name for p in (out / "fused" / method).iterdir())
+        assert names == ["3_005.png", "3_006.png", "4_005.png", "4_006.png"]
+        assert read_image(out / "fused" / method / "3_005.png").shape == (32, 32)
+    assert not (out / "fused" / "cnn").exists()
+
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["method", "pair", "case", "slice", "seconds", *METRICS]
+    assert len(rows) == 12 and {r["method"] for r in rows} == {"wa", "dwt", "lp"}
+    assert {(r["case"], r["slice"]) for r in rows} == {("3", "5"), ("3", "6"), ("4", "5"), ("4", "6")}
+    assert all(r["pair"] == "CT-MRI" and float(r["seconds"]) >= 0 for r in rows)
+
+    summary = (out / "summary.md").read_text()
+    assert "| metric | wa | dwt | lp |" in summary
+    assert summary.count("**") >= 2 * 4  # one best per row
+    for name in (*METRICS, "seconds"):
+        assert f"| {name} |" in summary
+    # the best RMSE is the smallest mean
+    rmse = {m: np.mean([float(r["RMSE"]) for r in rows if r["method"] == m]) for m in ("wa", "dwt", "lp")}
+    rmse_row = next(line for line in summary.splitlines() if line.startswith("| RMSE |"))
+    best_cell = rmse_row.split(" | ")[1 + ("wa", "dwt", "lp").index(min(rmse, key=rmse.get))]
+    assert best_cell.startswith("**")
+    assert "`cnn`: no trained checkpoint" in summary
+    figures = list((out / "figures").glob("*.png"))
+    assert len(figures) == 1 and read_image(figures[0]).shape[0] > 100
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("benchmark")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["methods"] == "wa,dwt,lp" and run.data.params["skipped"] == "cnn"
+    wa_en = np.mean([float(r["EN"]) for r in rows if r["method"] == "wa"])
+    assert run.data.metrics["wa/EN"] == pytest.approx(wa_en, rel=1e-5)
+    assert {"results.csv", "summary.md", "figures"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_benchmark_errors(datalist, tmp_path, capsys):
+    out = str(tmp_path / "b")
+    assert main(["benchmark", "--datalist", str(datalist), "--methods", "wa,sift", "--out", out]) == 2
+    assert "unknown method(s) sift" in capsys.readouterr().err
+    assert main(["benchmark", "--datalist", str(tmp_path / "missing.json"), "--methods", "wa", "--out", out]) == 2
+    assert "no such datalist" in capsys.readouterr().err
