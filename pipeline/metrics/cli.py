@@ -1,0 +1,145 @@
+"""``python -m pipeline metrics A B F``: fusion metrics of one fused image, or of folders of them.
+
+Given three image files (source A, source B, fused F) it prints one line per metric; given three
+folders it pairs the files by name (the part before the extension, so ``fused/2010.png`` goes with
+``ct/2010.gif``), prints a table of per-image values and, per metric, the mean +- standard
+deviation (sample standard deviation, 0 for one image). ``--json`` prints one JSON object instead:
+``{metric: value}`` for files, ``{"images": {name: {metric: value}}, "summary": {metric: {"mean",
+"std", "n"}}}`` for folders; a non-finite value (a perfect PSNR) is written as the string "inf".
+
+Files are decoded by :func:`pipeline.io.read_image` (8-bit, 0..255); colour is handled as
+:func:`pipeline.metrics.compute_metrics` documents (``--colour y`` or ``per-channel``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import read_image
+from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics, get_spec
+
+__all__ = ["add_arguments", "run", "pair_folders"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``metrics`` command's arguments to ``parser``."""
+    parser.add_argument("a", type=Path, help="first source image, or a folder of them")
+    parser.add_argument("b", type=Path, help="second source image, or a folder of them")
+    parser.add_argument("f", type=Path, help="fused image, or a folder of them (same names)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metric names (default: all: " + ",".join(DEFAULT_METRICS) + ")")
+    parser.add_argument("--colour", choices=COLOUR_MODES, default="y",
+                        help="colour images: 'y' = the Y channel (default), "
+                             "'per-channel' = mean over RGB (VIFB)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _parse_names(text: str | None) -> list[str]:
+    if text is None:
+        return list(DEFAULT_METRICS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError("--metrics is empty; give comma-separated names such as Q_Y,FMI_pixel")
+    for name in names:
+        get_spec(name)  # fails fast, listing the valid names
+    return names
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.stem in files:
+            raise ValueError(f"{folder}: two files named {path.stem}.* ({files[path.stem].name}, "
+                             f"{path.name}); keep one image per name")
+        files[path.stem] = path
+    return files
+
+
+def pair_folders(a: Path, b: Path, f: Path) -> list[tuple[str, Path, Path, Path]]:
+    """Triples ``(name, a_file, b_file, f_file)`` for every fused image in folder ``f``.
+
+    Raises:
+        ValueError: ``f`` holds no files, or a fused image has no same-named source in ``a`` or
+            ``b`` (the message lists them).
+    """
+    in_a, in_b, in_f = _images_by_stem(a), _images_by_stem(b), _images_by_stem(f)
+    if not in_f:
+        raise ValueError(f"{f}: the fused folder holds no images")
+    missing = [f"{name} (not in {folder})" for name in in_f for folder, files in ((a, in_a), (b, in_b))
+               if name not in files]
+    if missing:
+        raise ValueError("fused images without same-named sources: " + ", ".join(missing[:10])
+                         + (" ..." if len(missing) > 10 else ""))
+    return [(name, in_a[name], in_b[name], path) for name, path in in_f.items()]
+
+
+def _jsonable(value: float) -> Any:
+    return value if math.isfinite(value) else str(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _summary(rows: dict[str, dict[str, float]], names: list[str]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name in names:
+        values = np.array([row[name] for row in rows.values()], dtype=np.float64)
+        std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        summary[name] = {"mean": float(values.mean()), "std": std, "n": int(values.size)}
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``metrics`` command; returns the exit status (0 on success).
+
+    Raises:
+        ValueError: unknown metric names, mixed file/folder arguments, unpaired or unreadable
+            images (the CLI prints the message and exits with status 2).
+        FileNotFoundError: a path does not exist.
+    """
+    names = _parse_names(args.metrics)
+    paths = (args.a, args.b, args.f)
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    if all(path.is_dir() for path in paths):
+        rows = {
+            name: compute_metrics(read_image(pa), read_image(pb), read_image(pf), names, colour=args.colour)
+            for name, pa, pb, pf in pair_folders(*paths)
+        }
+        summary = _summary(rows, names)
+        if args.json:
+            out = {"images": {k: {m: _jsonable(v) for m, v in row.items()} for k, row in rows.items()},
+                   "summary": {m: {k: _jsonable(v) for k, v in s.items()} for m, s in summary.items()}}
+            print(json.dumps(out, indent=2))
+            return 0
+        width = max(len("image"), *(len(k) for k in rows))
+        cols = [max(len(m), 10) for m in names]
+        print("  ".join(["image".ljust(width)] + [m.rjust(c) for m, c in zip(names, cols)]))
+        for key, row in rows.items():
+            print("  ".join([key.ljust(width)] + [_fmt(row[m]).rjust(c) for m, c in zip(names, cols)]))
+        print(f"\nmean +- std over {len(rows)} image(s):")
+        for m in names:
+            mean, std = _fmt(summary[m]["mean"]), _fmt(summary[m]["std"])
+            print(f"  {m.ljust(max(map(len, names)))}  {mean} +- {std}")
+        return 0
+    if any(path.is_dir() for path in paths):
+        raise ValueError("give three image files or three folders, not a mix: " + ", ".join(map(str, paths)))
+    images = read_image(args.a), read_image(args.b), read_image(args.f)
+    values = compute_metrics(*images, names, colour=args.colour)
+    if args.json:
+        print(json.dumps({m: _jsonable(v) for m, v in values.items()}, indent=2))
+    else:
+        width = max(map(len, names))
+        for m, v in values.items():
+            print(f"{m.ljust(width)}  {_fmt(v)}")
+    return 0
