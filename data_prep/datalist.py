@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,7 +265,19 @@ def write_dataset(
     return datalist  # type: ignore[return-value]
 
 
+_MODALITY_NAME = re.compile(r"[A-Za-z0-9_]+")
+_CASE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _check_pair(p: SlicePair) -> None:
+    for what, name, pattern in (("modality_a", p.modality_a, _MODALITY_NAME),
+                                ("modality_b", p.modality_b, _MODALITY_NAME), ("case", str(p.case), _CASE_NAME)):
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            raise DataPrepError(f"{p.source}: {what} {name!r} must be letters, digits or '_' (it names output "
+                                "files and folders)")
+    if p.modality_a == p.modality_b:
+        raise DataPrepError(f"{p.source}: both images are {p.modality_a!r}; the two modalities of a pair need "
+                            "different names (e.g. T1 and T2)")
     for name, img in (("A", p.image_a), ("B", p.image_b)):
         if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
             raise DataPrepError(f"{p.source}: image {name} must be uint8 (H, W) or (H, W, 3), "
@@ -289,11 +302,16 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
             path escapes the data folder.
     """
     path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise DataPrepError(f"{path}: unknown split {split!r}; choose one of {SPLITS}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise DataPrepError(f"{path}: no such datalist. Create one with `python -m data_prep ...`") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise DataPrepError(f"{path}: cannot be read ({err.strerror or err}). "
+                            "Give the datalist.json file") from err
+    except (ValueError, RecursionError) as err:
         raise DataPrepError(f"{path}: is not valid JSON ({err}). Re-create it with `python -m data_prep`") from err
     if not isinstance(data, dict) or not any(s in data for s in SPLITS):
         raise DataPrepError(f"{path}: has none of the keys {SPLITS}; it is not a datalist")
@@ -301,13 +319,23 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
     result: dict[str, list[dict]] = {}
     for s in SPLITS:
         items = data.get(s, [])
+        if not isinstance(items, list):
+            raise DataPrepError(f"{path}: {s!r} must be a list of entries, got {type(items).__name__}")
         fixed = []
         for e in items:
+            if not isinstance(e, dict):
+                raise DataPrepError(f"{path}: an entry of {s} must be an object with image_a and image_b, "
+                                    f"got {type(e).__name__}")
             e = dict(e)
             for k in ("image_a", "image_b"):
                 if k not in e:
                     raise DataPrepError(f"{path}: an entry of {s} has no {k!r}: {e}")
-                full = (root / e[k]).resolve()
+                if not isinstance(e[k], str) or not e[k] or "\x00" in e[k]:
+                    raise DataPrepError(f"{path}: {k}={e[k]!r} in {s} must be a non-empty relative path")
+                try:
+                    full = (root / e[k]).resolve()
+                except (OSError, RuntimeError, ValueError) as err:
+                    raise DataPrepError(f"{path}: {k}={e[k]!r} cannot be resolved ({err})") from err
                 if root not in full.parents:
                     raise DataPrepError(f"{path}: {k}={e[k]!r} points outside the data folder {root}; "
                                         "datalist paths must stay inside it")
@@ -315,7 +343,5 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
             fixed.append(e)
         result[s] = fixed
     if split is not None:
-        if split not in result:
-            raise DataPrepError(f"unknown split {split!r}; choose one of {SPLITS}")
         return result[split]
     return result

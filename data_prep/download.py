@@ -527,7 +527,7 @@ def download_atlas(out: str | os.PathLike, cases: Sequence[str], base_url: str =
     if max_misses < 1 or max_slice < 0:
         raise DataPrepError("--max-misses must be at least 1 and --max-slice not negative")
     series_map = series_map or load_series_map(None)
-    bad = [s for s in series_map.series if not _NAME.match(s)]
+    bad = [s for s in series_map.series if not _NAME.fullmatch(s)]
     if bad:
         raise DataPrepError(f"{series_map.origin}: series names {bad} must be letters and digits only "
                             "(they become folder names)")
@@ -553,7 +553,7 @@ def download_atlas(out: str | os.PathLike, cases: Sequence[str], base_url: str =
 def _check_case(case: str) -> str:
     case = str(case).strip()
     case = case[4:] if case.lower().startswith("case") else case
-    if not _NAME.match(case):
+    if not _NAME.fullmatch(case):
         raise DataPrepError(f"case id {case!r} must be letters and digits only (e.g. 2, 41, NN1)")
     return case
 

@@ -160,6 +160,17 @@ def _read_nifti(path: Path) -> sitk.Image:
 
     try:
         nii = nib.load(str(path))
+        declared = math.prod(int(n) for n in nii.shape) * nii.get_data_dtype().itemsize
+    except Exception as err:
+        raise DataPrepError(f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}). "
+                            "The file is corrupt or truncated: re-export it") from err
+    size = path.stat().st_size
+    # deflate cannot shrink data more than ~1032:1, so a .nii.gz holds at most ~1100x its size
+    room = size * 1100 if path.name.lower().endswith(".gz") else size
+    if declared > room:
+        raise DataPrepError(f"{path}: its header declares {nii.shape} voxels ({declared} bytes) but the file "
+                            f"has {size} bytes. The file is corrupt or truncated: re-export it")
+    try:
         data = np.asarray(nii.get_fdata(dtype=np.float32))
         affine = np.asarray(nii.affine, dtype=np.float64)
     except Exception as err:  # nibabel raises many types for a broken file (EOF, zlib, header)
@@ -211,7 +222,29 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
                             "A file may be corrupt or the slices inconsistent: re-export the series") from err
 
 
+def _check_detached_data(path: Path) -> None:
+    """Refuse an MHD/MHA/NHDR/NRRD header whose data file lies outside the header's folder."""
+    if not path.name.lower().endswith(_SITK_SUFFIXES):
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).split(b"\n\n", 1)[0].decode("latin-1")
+    except OSError as err:
+        raise DataPrepError(f"{path}: cannot be read ({err.strerror or err})") from err
+    for line in head.splitlines():
+        key, _, value = line.partition("=" if path.suffix.lower() in (".mha", ".mhd") else ":")
+        if key.strip().lower() in ("elementdatafile", "data file", "datafile"):
+            name = value.strip().split(" ")[0] if value.strip() else ""
+            if name.upper() in ("LOCAL", "LIST", ""):
+                continue
+            folder = path.parent.resolve()
+            if folder not in (folder / name).resolve().parents:
+                raise DataPrepError(f"{path}: its header points at data file {name!r} outside {folder}. "
+                                    "Keep the header and its data file in one folder")
+
+
 def _read_with_sitk(path: Path) -> sitk.Image:
+    _check_detached_data(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io as _io
 import os
+import struct
 import tempfile
 import warnings
 from pathlib import Path
@@ -88,7 +89,8 @@ def read_image(path: str | os.PathLike, mode: Mode = "any") -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise _fail(path, f"declares a size beyond the safety limit ({err})",
                     "It is a decompression bomb or not a slice: crop or downsample it first") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, ArithmeticError, EOFError,
+            LookupError, struct.error) as err:  # Pillow plugins raise all of these for corrupt headers
         raise _fail(path, f"cannot be decoded as an image ({err})",
                     "The file is corrupt or truncated: re-create or re-download it") from err
     if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
