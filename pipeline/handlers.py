@@ -1,0 +1,334 @@
+"""Ignite handlers of the fusion bundle: SSIM-alpha terms, sample figures, run information, progress.
+
+- :class:`SSIMAlphaTermsHandler` (the "SSIM-alpha loss handler"): luminance, contrast and structure
+  terms per source, per iteration and per epoch, to the console (``logging``) and to MLflow.
+- :class:`SampleFigureHandler`: a PNG grid (source A, source B, fused) of a few validation pairs
+  after each validation, saved under the output folder and logged to MLflow.
+- :class:`RunInfoHandler`: the hyperparameters, the datalist fingerprint, the device, the executed
+  config and, at the end, the best checkpoint, to the console and MLflow.
+- :class:`LossProgressBar`: Ignite's tqdm progress bar showing the loss.
+
+MLflow logging goes into the run of the MONAI ``MLFlowHandler`` that ``--tracking mlflow`` attaches
+to the same engine (:func:`pipeline.tracking.find_mlflow_run`); without one, console only. Images
+are float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from pipeline.io import atomic_write_bytes
+from pipeline.losses import SSIMAlphaLoss
+from pipeline.tracking import MLflowRun, device_info, file_sha256, find_mlflow_run, log_params_once
+from pipeline.validation import pred_and_sources
+
+__all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar", "TERMS"]
+
+#: The SSIM-alpha terms the handler reports, in order.
+TERMS = ("luminance", "contrast", "structure", "ssim_alpha")
+
+
+class SSIMAlphaTermsHandler:
+    """Log the l, c, s terms (and SSIM-alpha) of each source, per iteration and per epoch.
+
+    Metric names: ``{prefix}{term}_{source}`` per iteration (step = iteration) and
+    ``{prefix}epoch_{term}_{source}`` per epoch (step = epoch, the mean over the epoch's
+    iterations), e.g. ``train_luminance_a`` and ``train_epoch_structure_b``.
+
+    Args:
+        loss: the SSIM-alpha loss whose terms are reported.
+        output_transform: engine output -> ``(pred, sources)``; default reads ``pred`` and ``label``.
+        source_names: one suffix per source channel.
+        prefix: metric name prefix.
+        log_interval: write a console line every this many iterations (MLflow gets every one).
+        iteration_log: log per iteration.
+        epoch_log: log per epoch.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        loss: SSIMAlphaLoss,
+        output_transform: Callable[[Any], Any] = pred_and_sources,
+        source_names: Sequence[str] = ("a", "b"),
+        prefix: str = "train_",
+        log_interval: int = 1,
+        iteration_log: bool = True,
+        epoch_log: bool = True,
+        name: str | None = "SSIMAlphaTerms",
+    ) -> None:
+        self.loss, self.output_transform = loss, output_transform
+        self.source_names, self.prefix = tuple(source_names), prefix
+        self.log_interval = max(1, int(log_interval))
+        self.iteration_log, self.epoch_log = iteration_log, epoch_log
+        self.logger = logging.getLogger(name)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self.last: dict[str, float] = {}  #: the latest iteration's values
+        self.last_epoch: dict[str, float] = {}  #: the latest epoch's means
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        if self.epoch_log:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._sums, self._count = {}, 0
+
+    def compute(self, output: Any) -> dict[str, float]:
+        """The terms of one engine output, as ``{"{term}_{source}": value}``."""
+        pred, src = self.output_transform(output)
+        pred, src = torch.as_tensor(pred), torch.as_tensor(src)
+        if src.shape[1] != len(self.source_names):
+            raise ValueError(f"SSIMAlphaTermsHandler: {src.shape[1]} source channels but source_names "
+                             f"{self.source_names}")
+        terms = self.loss.terms(pred.detach().float(), src.detach().float())
+        return {f"{t}_{s}": float(terms[t][i]) for t in TERMS for i, s in enumerate(self.source_names)}
+
+    def iteration_completed(self, engine: Engine) -> None:
+        values = self.compute(engine.state.output)
+        self.last = values
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if not self.iteration_log:
+            return
+        it = engine.state.iteration
+        if it % self.log_interval == 0:
+            text = _format(values, self.source_names)
+            self.logger.info(f"Epoch {engine.state.epoch} iteration {it}: {text}")
+        run = find_mlflow_run(engine)
+        if run is not None:
+            run.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=it)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if not self._count:
+            return
+        means = {k: v / self._count for k, v in self._sums.items()}
+        self.last_epoch = means
+        text = _format(means, self.source_names)
+        self.logger.info(f"Epoch {engine.state.epoch} mean SSIM-alpha terms: {text}")
+        run = find_mlflow_run(engine)
+        if run is not None:
+            run.log_metrics({f"{self.prefix}epoch_{k}": v for k, v in means.items()}, step=engine.state.epoch)
+
+
+def _format(values: Mapping[str, float], sources: Sequence[str]) -> str:
+    return "; ".join(
+        f"{s}: l={values[f'luminance_{s}']:.4f} c={values[f'contrast_{s}']:.4f} "
+        f"s={values[f'structure_{s}']:.4f} ssim_alpha={values[f'ssim_alpha_{s}']:.4f}"
+        for s in sources
+    )
+
+
+class SampleFigureHandler:
+    """After each evaluator run, a PNG grid of a few pairs: source A, source B and the fused image.
+
+    The first ``num_samples`` images the evaluator sees (the validation loader is not shuffled, so
+    the same pairs every epoch) are drawn row by row. The file is written atomically to
+    ``output_dir/{file_prefix}_epoch{epoch:03d}.png`` and logged to MLflow under ``artifact_path``
+    when the engine has an ``MLFlowHandler``.
+
+    Args:
+        output_dir: folder of the figures (created).
+        num_samples: rows of the grid.
+        output_transform: engine output -> ``(pred, sources)``.
+        source_names: column titles of the sources.
+        artifact_path: MLflow artifact folder.
+        file_prefix: file name prefix.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        num_samples: int = 4,
+        output_transform: Callable[[Any], Any] = pred_and_sources,
+        source_names: Sequence[str] = ("source A", "source B"),
+        artifact_path: str = "samples",
+        file_prefix: str = "val_samples",
+        name: str | None = "SampleFigure",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_samples = int(num_samples)
+        self.output_transform = output_transform
+        self.source_names = tuple(source_names)
+        self.artifact_path, self.file_prefix = artifact_path, file_prefix
+        self.logger = logging.getLogger(name)
+        self._rows: list[tuple[np.ndarray, np.ndarray]] = []
+        self.last_path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``STARTED``, ``ITERATION_COMPLETED`` and ``COMPLETED``."""
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._rows = []
+
+    def collect(self, engine: Engine) -> None:
+        if len(self._rows) >= self.num_samples:
+            return
+        pred, src = self.output_transform(engine.state.output)
+        pred = torch.as_tensor(pred).detach().float().clamp(0, 1).cpu().numpy()
+        src = torch.as_tensor(src).detach().float().cpu().numpy()
+        for i in range(min(len(pred), self.num_samples - len(self._rows))):
+            self._rows.append((src[i], pred[i, 0]))
+
+    def render(self) -> bytes:
+        """The PNG bytes of the current grid."""
+        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+        n = len(self._rows)
+        cols = len(self._rows[0][0]) + 1
+        fig = Figure(figsize=(2.2 * cols, 2.2 * n), dpi=100)
+        axes = fig.subplots(n, cols, squeeze=False)
+        titles = [*self.source_names[: cols - 1], "fused"]
+        for r, (src, fused) in enumerate(self._rows):
+            for c, img in enumerate([*src, fused]):
+                ax = axes[r][c]
+                ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(titles[c], fontsize=9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def write(self, engine: Engine) -> None:
+        if not self._rows:
+            return
+        path = self.output_dir / f"{self.file_prefix}_epoch{int(engine.state.epoch):03d}.png"
+        atomic_write_bytes(path, self.render())
+        self.last_path = path
+        self.logger.info(f"sample fusions written to {path}")
+        run = find_mlflow_run(engine)
+        if run is not None:
+            run.log_artifact(path, self.artifact_path)
+
+
+class RunInfoHandler:
+    """Record what a training run is: hyperparameters, data fingerprint, device; at the end, the best model.
+
+    At the first epoch start (after every ``STARTED`` handler, so MLflow's run exists) it logs to
+    the console and as MLflow parameters: ``params``, ``datalist_sha256`` (SHA-256 of the
+    datalist file) and :func:`pipeline.tracking.device_info`; it uploads the executed config (the
+    newest ``config_*.json`` that ``--tracking`` wrote into ``output_dir``) unless MONAI's handler
+    already has a valid path for it. On completion it uploads ``best_checkpoint`` under
+    ``checkpoints/``.
+
+    Args:
+        params: hyperparameters to record (config ids -> values).
+        datalist: the datalist file (fingerprinted), or ``None``.
+        device: the training device.
+        amp: whether mixed precision is on.
+        output_dir: where the executed config is looked for.
+        best_checkpoint: file to upload when training completes.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        datalist: str | os.PathLike | None = None,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        output_dir: str | os.PathLike | None = None,
+        best_checkpoint: str | os.PathLike | None = None,
+        name: str | None = "RunInfo",
+    ) -> None:
+        self.params = dict(params)
+        self.datalist = datalist
+        self.device, self.amp = device, bool(amp)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.best_checkpoint = Path(best_checkpoint) if best_checkpoint is not None else None
+        self.logger = logging.getLogger(name)
+        self._run: MLflowRun | None = None
+        self._done = False
+        self.logged: dict[str, str] = {}  #: everything recorded, as strings
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``EPOCH_STARTED`` (first one only) and ``COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.started)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def collect(self) -> dict[str, str]:
+        """The parameters as strings (hyperparameters, datalist fingerprint, device)."""
+        info = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+                for k, v in self.params.items()}
+        if self.datalist is not None:
+            info["datalist"] = str(self.datalist)
+            info["datalist_sha256"] = file_sha256(self.datalist)
+        info.update(device_info(self.device, self.amp))
+        return info
+
+    def started(self, engine: Engine) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.logged = self.collect()
+        self.logger.info("run parameters: " + ", ".join(f"{k}={v}" for k, v in self.logged.items()))
+        self._run = find_mlflow_run(engine)
+        if self._run is None:
+            return
+        log_params_once(self._run, self.logged)
+        config = self._executed_config()
+        if config is not None:
+            self._run.log_artifact(config, "config")
+
+    def _executed_config(self) -> Path | None:
+        handler = self._run.handler if self._run is not None else None
+        uploaded = getattr(handler, "artifacts", ()) if handler is not None else ()
+        if any(a and os.path.isfile(str(a)) for a in uploaded):
+            return None  # MONAI's handler uploads it at the end
+        if self.output_dir is None or not self.output_dir.is_dir():
+            return None
+        found = sorted(self.output_dir.glob("config_*.json"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else None
+
+    def completed(self, engine: Engine) -> None:
+        if self._run is None or self.best_checkpoint is None:
+            return
+        if self.best_checkpoint.is_file():
+            self._run.log_artifact(self.best_checkpoint, "checkpoints")
+            self.logger.info(f"best checkpoint {self.best_checkpoint} logged to MLflow run "
+                             f"{self._run.run_id}")
+        else:
+            self.logger.warning(f"no best checkpoint at {self.best_checkpoint}; nothing uploaded")
+
+
+class LossProgressBar:
+    """Ignite's tqdm progress bar over the iterations of an epoch, showing the current loss.
+
+    Args:
+        persist: keep the finished bar on screen.
+        loss_key: key of the loss in the engine output.
+    """
+
+    def __init__(self, persist: bool = False, loss_key: str = "loss") -> None:
+        self.persist, self.loss_key = persist, loss_key
+
+    def _loss(self, output: Any) -> dict[str, float]:
+        if isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
+            output = output[0]
+        value = output.get(self.loss_key) if isinstance(output, Mapping) else output
+        return {"loss": float(value)} if value is not None else {}
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=self._loss)

@@ -1,0 +1,239 @@
+"""SSIM-alpha: the unsupervised fusion loss of the thesis, with its luminance, contrast and structure terms.
+
+For a fused image ``x`` and a source ``y`` (float in [0, 1], the library's convention), local
+statistics are taken under a normalised Gaussian window exactly as MONAI's
+:class:`monai.metrics.SSIMMetric` does ('valid' convolution, biased local variances):
+
+.. math::
+
+    l = \\frac{2\\mu_x\\mu_y + C_1}{\\mu_x^2 + \\mu_y^2 + C_1},\\quad
+    c = \\frac{2\\sigma_x\\sigma_y + C_2}{\\sigma_x^2 + \\sigma_y^2 + C_2},\\quad
+    s = \\frac{\\sigma_{xy} + C_3}{\\sigma_x\\sigma_y + C_3}
+
+with :math:`C_1 = (K_1 L)^2`, :math:`C_2 = (K_2 L)^2`, :math:`C_3 = C_2 / 2` and
+``SSIM_alpha = l^alpha * c^beta * s^gamma``. The loss is ``1 - sum_i w_i mean(SSIM_alpha(x, y_i)) /
+sum_i w_i`` over the sources ``y_i``. ``alpha > 1`` raises the weight of luminance agreement, which
+plain SSIM (alpha = beta = gamma = 1) under-weights for the dark backgrounds of medical slices.
+
+Signs and powers: ``c`` is always positive, but ``s`` is negative where the fused image is
+anti-correlated with a source, and ``l`` is negative where the fused value is negative (the
+network ends in ``tanh``). A plain power would turn ``l^4`` of a negative ``l`` into a reward and
+is undefined for a negative base with a non-integer exponent, so the exponents of ``l`` and ``s``
+are applied sign-preserving: ``sign(t) |t|^p``. For ``t >= 0`` this is the ordinary power. And
+where both the luminance factor and the contrast-structure factor are negative (a fused image of
+negative local mean that is also anti-correlated with the source: ``x = -y`` scores +1 in plain
+SSIM), the product is taken negative, ``-|l^alpha (c s)|``, so such a window is penalised. For
+fused images in [0, 1], ``l > 0`` everywhere and nothing differs from the textbook formula.
+
+``c^beta * s^gamma`` is evaluated as ``(c s)^gamma * c^(beta - gamma)`` where
+``c s = (2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2)`` exactly (since ``C3 = C2 / 2``), so no
+square root of a variance enters the loss when ``beta == gamma`` (the default) and the gradient
+stays finite on flat regions. Everything is computed in float32 or wider even under autocast,
+since local variances are differences of nearly equal numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+__all__ = ["SSIMAlphaLoss", "gaussian_window", "signed_power"]
+
+
+def gaussian_window(win_size: int, sigma: float, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The normalised 2D Gaussian window that MONAI's SSIM uses, shaped ``(1, 1, win, win)``.
+
+    Args:
+        win_size: window side (odd or even; MONAI centres it at ``(1 - win) / 2 .. (win - 1) / 2``).
+        sigma: standard deviation in pixels.
+        dtype: tensor dtype.
+        device: tensor device.
+
+    Returns:
+        the window, summing to 1.
+    """
+    dist = torch.arange((1 - win_size) / 2, (1 + win_size) / 2, 1.0, dtype=torch.float64)
+    g = torch.exp(-((dist / sigma) ** 2) / 2)
+    g = g / g.sum()
+    return torch.outer(g, g).to(dtype=dtype, device=device)[None, None]
+
+
+def signed_power(t: torch.Tensor, p: float) -> torch.Tensor:
+    """``sign(t) * |t| ** p``: the ordinary power for ``t >= 0``, sign-preserving below zero.
+
+    Args:
+        t: base.
+        p: exponent (``p == 1`` returns ``t`` itself, keeping the graph minimal).
+
+    Returns:
+        tensor like ``t``.
+    """
+    if p == 1:
+        return t
+    return torch.sign(t) * t.abs().pow(p)
+
+
+class SSIMAlphaLoss(_Loss):
+    """``1 - weighted mean over sources of mean SSIM_alpha(fused, source)``; see the module docstring.
+
+    Inputs are float images in [0, 1] (``data_range`` 1.0), batch first:
+    ``fused`` is ``(N, 1, H, W)`` and ``sources`` is ``(N, S, H, W)`` (the 2-channel network input, one
+    channel per source). Both ``H`` and ``W`` must be at least ``win_size``.
+
+    Args:
+        alpha: exponent of the luminance term (4 in the thesis).
+        beta: exponent of the contrast term.
+        gamma: exponent of the structure term.
+        win_size: side of the Gaussian window.
+        sigma: standard deviation of the Gaussian window.
+        k1: luminance constant, ``C1 = (k1 * data_range) ** 2``.
+        k2: contrast constant, ``C2 = (k2 * data_range) ** 2``; ``C3 = C2 / 2``.
+        data_range: dynamic range of the images (1.0 for the library's [0, 1] images).
+        weights: weight of each source in the mean (normalised by their sum).
+
+    Raises:
+        ValueError: bad parameters (non-positive window, sigma or range, negative or all-zero
+            weights, negative exponents).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 4.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        win_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        data_range: float = 1.0,
+        weights: Sequence[float] = (0.5, 0.5),
+    ) -> None:
+        super().__init__()
+        if win_size < 1 or sigma <= 0 or data_range <= 0:
+            raise ValueError(f"SSIMAlphaLoss: win_size ({win_size}), sigma ({sigma}) and data_range "
+                             f"({data_range}) must be positive")
+        if min(alpha, beta, gamma) < 0:
+            raise ValueError(f"SSIMAlphaLoss: exponents must be >= 0, got alpha={alpha}, beta={beta}, "
+                             f"gamma={gamma}")
+        w = [float(x) for x in weights]
+        if not w or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"SSIMAlphaLoss: weights must be non-negative with a positive sum, "
+                             f"got {weights}")
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.win_size, self.sigma = int(win_size), float(sigma)
+        self.k1, self.k2, self.data_range = float(k1), float(k2), float(data_range)
+        self.c1 = (self.k1 * self.data_range) ** 2
+        self.c2 = (self.k2 * self.data_range) ** 2
+        self.c3 = self.c2 / 2
+        self.weights = tuple(w)
+
+    # ---------------------------------------------------------------- local statistics
+    def _check(self, fused: torch.Tensor, sources: torch.Tensor) -> None:
+        if fused.ndim != 4 or sources.ndim != 4 or fused.shape[1] != 1:
+            raise ValueError(f"SSIMAlphaLoss expects fused (N, 1, H, W) and sources (N, S, H, W), "
+                             f"got {tuple(fused.shape)} and {tuple(sources.shape)}")
+        if fused.shape[0] != sources.shape[0] or fused.shape[2:] != sources.shape[2:]:
+            raise ValueError(f"SSIMAlphaLoss: fused {tuple(fused.shape)} and sources {tuple(sources.shape)} "
+                             "differ in batch size or image size")
+        if sources.shape[1] != len(self.weights):
+            raise ValueError(f"SSIMAlphaLoss: {sources.shape[1]} sources but {len(self.weights)} weights; "
+                             "pass one weight per source channel")
+        if min(fused.shape[2:]) < self.win_size:
+            raise ValueError(f"SSIMAlphaLoss: images {tuple(fused.shape[2:])} are smaller than the "
+                             f"{self.win_size}x{self.win_size} window; use larger patches or a smaller "
+                             "win_size")
+
+    def _stats(self, fused: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Local means, biased variances and covariance, each ``(N, S, H', W')`` ('valid' window)."""
+        dtype = torch.promote_types(torch.promote_types(fused.dtype, sources.dtype), torch.float32)
+        x = fused.to(dtype).expand_as(sources)
+        y = sources.to(dtype)
+        n_src = y.shape[1]
+        win = gaussian_window(self.win_size, self.sigma, dtype, y.device).expand(n_src, 1, -1, -1)
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(t, win, groups=n_src)
+
+        mu_x, mu_y = blur(x), blur(y)
+        var_x = blur(x * x) - mu_x * mu_x
+        var_y = blur(y * y) - mu_y * mu_y
+        cov = blur(x * y) - mu_x * mu_y
+        return mu_x, mu_y, var_x, var_y, cov
+
+    def _maps(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(device_type=sources.device.type, enabled=False):
+            mu_x, mu_y, var_x, var_y, cov = self._stats(fused, sources)
+            lum = (2 * mu_x * mu_y + self.c1) / (mu_x * mu_x + mu_y * mu_y + self.c1)
+            denom = var_x + var_y + self.c2
+            cs = (2 * cov + self.c2) / denom  # = c * s exactly, because C3 = C2 / 2
+            # sigma_x sigma_y without sqrt of a (possibly rounding-negative) variance; the clamp floor
+            # keeps the derivative of sqrt finite and only matters where a window is flat.
+            sxsy = torch.sqrt((var_x.clamp_min(0) * var_y.clamp_min(0)).clamp_min(1e-20))
+            con = (2 * sxsy + self.c2) / denom
+            return {"l": lum, "c": con, "cs": cs, "s": cs / con}
+
+    # ---------------------------------------------------------------- public API
+    def ssim_map(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """SSIM_alpha maps of the fused image against each source.
+
+        Args:
+            fused: ``(N, 1, H, W)``, float in [0, 1].
+            sources: ``(N, S, H, W)``, float in [0, 1].
+
+        Returns:
+            ``(N, S, H - win + 1, W - win + 1)`` maps.
+        """
+        self._check(fused, sources)
+        m = self._maps(fused, sources)
+        lum = signed_power(m["l"], self.alpha)
+        con_struct = signed_power(m["cs"], self.gamma)
+        if self.beta != self.gamma:
+            con_struct = con_struct * m["c"].pow(self.beta - self.gamma)
+        out = lum * con_struct
+        # negative luminance agreement times anti-correlated structure must not score as agreement
+        return torch.where((lum < 0) & (con_struct < 0), -out, out)
+
+    def ssim_per_source(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Mean SSIM_alpha per image and source, ``(N, S)``."""
+        return self.ssim_map(fused, sources).mean(dim=(2, 3))
+
+    def ssim(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Weighted mean SSIM_alpha over the sources, per image, ``(N,)`` (``1 - ssim`` is the loss)."""
+        w = torch.tensor(self.weights, dtype=torch.float64).to(fused.device)
+        per = self.ssim_per_source(fused, sources)
+        return (per * w.to(per.dtype)).sum(dim=1) / w.sum().to(per.dtype)
+
+    def forward(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The loss, a scalar: ``1 - mean over the batch of the weighted SSIM_alpha``.
+
+        Args:
+            fused: network output ``(N, 1, H, W)``.
+            sources: the network input ``(N, S, H, W)`` in [0, 1] (the target is the input itself).
+
+        Returns:
+            scalar tensor (float32 or wider).
+        """
+        return 1.0 - self.ssim(fused, sources).mean()
+
+    @torch.no_grad()
+    def terms(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean luminance, contrast and structure terms per source (before the exponents).
+
+        Args:
+            fused: ``(N, 1, H, W)``.
+            sources: ``(N, S, H, W)``.
+
+        Returns:
+            ``{"luminance": (S,), "contrast": (S,), "structure": (S,), "ssim_alpha": (S,)}``, each
+            averaged over the batch and the map.
+        """
+        self._check(fused, sources)
+        m = self._maps(fused.detach(), sources.detach())
+        out = {name: m[key].mean(dim=(0, 2, 3)) for name, key in
+               (("luminance", "l"), ("contrast", "c"), ("structure", "s"))}
+        out["ssim_alpha"] = self.ssim_map(fused.detach(), sources.detach()).mean(dim=(0, 2, 3))
+        return out

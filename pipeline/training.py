@@ -1,0 +1,95 @@
+"""Glue between the bundle configs and the library: the input as its own target, the bundle folder,
+datalist splits, checkpoint checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+
+__all__ = ["prepare_self_target", "default_bundle_root", "load_split", "check_checkpoint"]
+
+
+def prepare_self_target(
+    batchdata: Mapping[str, Any],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prepare_batch`` for MONAI's SupervisedTrainer/Evaluator: ``(image, image)``.
+
+    The SSIM-alpha loss compares the fused output with the sources, so the "label" is the
+    2-channel input (float in [0, 1]); no copy is made.
+
+    Args:
+        batchdata: a collated batch with key ``image`` ``(N, 2, H, W)``.
+        device: target device.
+        non_blocking: as in ``Tensor.to``.
+        kwargs: further ``Tensor.to`` arguments (ignored keys are allowed by MONAI's protocol).
+
+    Returns:
+        the input batch twice.
+
+    Raises:
+        KeyError: the batch has no ``image``.
+    """
+    if "image" not in batchdata:
+        raise KeyError(f"the batch has no 'image' (keys: {sorted(batchdata)}); check the transforms")
+    image = batchdata["image"]
+    if isinstance(image, MetaTensor):
+        image = image.as_tensor()
+    image = image.to(device=device, non_blocking=non_blocking)
+    return image, image
+
+
+def default_bundle_root(name: str = "ssim_fusion") -> str:
+    """The bundle folder: the current directory when it is the bundle, else the copy in the repository.
+
+    ``bundle_root`` in the configs; override it with ``--bundle_root DIR`` for a bundle elsewhere.
+
+    Returns:
+        absolute path of ``bundles/<name>``.
+    """
+    cwd = Path.cwd()
+    if cwd.name == name and (cwd / "configs" / "metadata.json").is_file():
+        return str(cwd)
+    if (cwd / "bundles" / name / "configs" / "metadata.json").is_file():
+        return str(cwd / "bundles" / name)
+    return str(Path(__file__).resolve().parents[1] / "bundles" / name)
+
+
+def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
+    """The entries of one split of a datalist, paths made absolute; a missing or empty split is an error.
+
+    Args:
+        datalist: ``datalist.json`` written by ``python -m data_prep``.
+        split: ``training``, ``validation`` or ``test``.
+
+    Returns:
+        the entries.
+
+    Raises:
+        data_prep.datalist.DataPrepError: missing or invalid datalist, unknown or empty split.
+    """
+    from data_prep.datalist import DataPrepError, load_datalist
+
+    entries = load_datalist(datalist, split)
+    if not entries:
+        raise DataPrepError(f"{datalist}: the {split!r} split is empty. Re-create the data set with more "
+                            "cases (data_prep splits by case) or pass another --datalist")
+    return entries  # type: ignore[return-value]
+
+
+def check_checkpoint(ckpt_path: str | os.PathLike, widths: Sequence[int]) -> None:
+    """Fail early, with a clear message, when ``ckpt_path`` cannot be loaded into FusionNet(widths).
+
+    Raises:
+        pipeline.inference.CheckpointError: missing file, unreadable, or another architecture.
+    """
+    from pipeline.inference import load_fusion_network
+
+    load_fusion_network(ckpt_path, device="cpu", widths=widths)

@@ -1,0 +1,141 @@
+"""SSIM-alpha loss: equality with MONAI's SSIM, gradients, the l/c/s terms, the role of alpha."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.metrics import SSIMMetric
+
+from pipeline.losses import SSIMAlphaLoss, gaussian_window, signed_power
+
+
+def _images(seed: int = 0, n: int = 3, size: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    fused = torch.rand(n, 1, size, size, generator=g)
+    sources = torch.rand(n, 2, size, size, generator=g)
+    sources[:, 1] = 0.7 * fused[:, 0] + 0.3 * sources[:, 1]  # one correlated, one independent source
+    return fused, sources
+
+
+@pytest.mark.parametrize("win_size,sigma,data_range", [(11, 1.5, 1.0), (7, 1.0, 1.0), (11, 1.5, 2.0)])
+def test_alpha_one_equals_monai_ssim(win_size: int, sigma: float, data_range: float) -> None:
+    fused, sources = _images()
+    loss = SSIMAlphaLoss(alpha=1, beta=1, gamma=1, win_size=win_size, sigma=sigma, data_range=data_range)
+    monai = SSIMMetric(spatial_dims=2, data_range=data_range, win_size=win_size, kernel_sigma=sigma)
+    ref = torch.stack([monai(fused, sources[:, i : i + 1])[:, 0] for i in range(2)], dim=1)
+    ours = loss.ssim_per_source(fused, sources)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert float(loss(fused, sources)) == pytest.approx(1 - float(ref.mean()), abs=1e-5)
+
+
+def test_window_matches_monai_kernel() -> None:
+    from monai.metrics.regression import _gaussian_kernel
+
+    ref = _gaussian_kernel(2, 1, (11, 11), (1.5, 1.5))
+    assert torch.allclose(gaussian_window(11, 1.5), ref, atol=1e-7)
+    assert float(gaussian_window(11, 1.5).sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_identical_images_give_zero_loss() -> None:
+    _, sources = _images()
+    same = SSIMAlphaLoss(weights=(1.0, 0.0))
+    assert float(same(sources[:, :1], sources)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_terms_multiply_to_ssim_and_are_bounded() -> None:
+    fused, sources = _images(1)
+    loss = SSIMAlphaLoss(alpha=1, beta=1, gamma=1)
+    maps = loss._maps(fused, sources)
+    assert torch.allclose(maps["l"] * maps["c"] * maps["s"], loss.ssim_map(fused, sources), atol=1e-6)
+    terms = loss.terms(fused, sources)
+    assert set(terms) == {"luminance", "contrast", "structure", "ssim_alpha"}
+    for t in terms.values():
+        assert t.shape == (2,)
+    assert bool((terms["luminance"] <= 1).all() and (terms["contrast"] <= 1).all())
+    assert bool((terms["contrast"] > 0).all())
+    # the correlated source has a much higher structure term than the independent one
+    assert float(terms["structure"][1]) > 0.8 > 0.2 > abs(float(terms["structure"][0]))
+
+
+def test_weights_select_sources() -> None:
+    fused, sources = _images(2)
+    only_a, only_b = SSIMAlphaLoss(weights=(1, 0)), SSIMAlphaLoss(weights=(0, 3))
+    per = SSIMAlphaLoss().ssim_per_source(fused, sources)
+    assert float(only_a(fused, sources)) == pytest.approx(1 - float(per[:, 0].mean()), abs=1e-6)
+    assert float(only_b(fused, sources)) == pytest.approx(1 - float(per[:, 1].mean()), abs=1e-6)
+    assert float(SSIMAlphaLoss()(fused, sources)) == pytest.approx(1 - float(per.mean()), abs=1e-6)
+
+
+def test_alpha_raises_the_weight_of_luminance() -> None:
+    """A brightness error (l < 1, structure intact) costs far more with alpha = 4; a structural error
+    at the right brightness (l ~ 1) costs about the same."""
+    g = torch.Generator().manual_seed(3)
+    src = 0.2 + 0.3 * torch.rand(2, 1, 48, 48, generator=g)
+    sources = src.repeat(1, 2, 1, 1)
+    darker = src - 0.15  # same contrast and structure, wrong luminance
+    noisy = src + 0.05 * torch.randn(src.shape, generator=g)  # same mean, damaged structure
+    plain, thesis = SSIMAlphaLoss(alpha=1), SSIMAlphaLoss(alpha=4)
+    lum_ratio = float(thesis(darker, sources)) / float(plain(darker, sources))
+    struct_ratio = float(thesis(noisy, sources)) / float(plain(noisy, sources))
+    assert lum_ratio > 3.0
+    assert struct_ratio == pytest.approx(1.0, abs=0.05)
+    # and the gradient pushes the brightness back up harder
+    x1, x4 = darker.clone().requires_grad_(), darker.clone().requires_grad_()
+    plain(x1, sources).backward()
+    thesis(x4, sources).backward()
+    assert float(-x4.grad.sum()) > 2.0 * float(-x1.grad.sum()) > 0
+
+
+def test_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(4)
+    fused = torch.rand(2, 1, 14, 13, dtype=torch.float64, generator=g, requires_grad=True)
+    sources = torch.rand(2, 2, 14, 13, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda f: SSIMAlphaLoss(win_size=7)(f, sources), (fused,))
+    # non-integer exponents and beta != gamma (the sqrt path) are differentiable too
+    odd = SSIMAlphaLoss(alpha=2.5, beta=1.5, gamma=0.7, win_size=7)
+    assert torch.autograd.gradcheck(lambda f: odd(f, sources), (fused,))
+
+
+def test_flat_regions_have_finite_gradients() -> None:
+    sources = torch.zeros(1, 2, 24, 24)
+    sources[:, 1, 8:16, 8:16] = 0.8
+    fused = torch.zeros(1, 1, 24, 24, requires_grad=True)
+    loss = SSIMAlphaLoss()(fused, sources)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(fused.grad).all()
+
+
+def test_negative_output_is_penalised_not_rewarded() -> None:
+    """tanh can output negative values: a negative l must not turn into a reward under l^4."""
+    _, sources = _images(5)
+    loss = SSIMAlphaLoss()
+    assert float(loss(-sources[:, :1], sources)) > 1.0 > float(loss(sources[:, :1], sources))
+    assert torch.equal(signed_power(torch.tensor([-0.5, 0.5]), 2), torch.tensor([-0.25, 0.25]))
+
+
+def test_autocast_keeps_float32() -> None:
+    fused, sources = _images(6)
+    ref = SSIMAlphaLoss()(fused, sources)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = SSIMAlphaLoss()(fused, sources)
+    assert out.dtype == torch.float32 and float(out) == pytest.approx(float(ref), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fused,sources,match",
+    [
+        (torch.rand(1, 2, 20, 20), torch.rand(1, 2, 20, 20), "expects fused"),
+        (torch.rand(1, 1, 20, 20), torch.rand(1, 3, 20, 20), "3 sources but 2 weights"),
+        (torch.rand(1, 1, 20, 20), torch.rand(2, 2, 20, 20), "differ"),
+        (torch.rand(1, 1, 8, 8), torch.rand(1, 2, 8, 8), "smaller than the 11x11 window"),
+    ],
+)
+def test_bad_shapes(fused: torch.Tensor, sources: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SSIMAlphaLoss()(fused, sources)
+
+
+@pytest.mark.parametrize("kwargs", [{"weights": (0, 0)}, {"weights": (-1, 2)}, {"alpha": -1}, {"sigma": 0}])
+def test_bad_parameters(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SSIMAlphaLoss(**kwargs)

@@ -1,0 +1,103 @@
+"""FusionNet: layer layout, shapes, initialisation statistics, batch-norm folding, state-dict checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.networks import (
+    DEFAULT_WIDTHS,
+    INIT_STD,
+    KERNEL_SIZES,
+    FusionNet,
+    fold_batch_norm,
+    widths_from_state_dict,
+)
+
+
+def _convs(net: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_layout_matches_the_thesis() -> None:
+    net = FusionNet()
+    convs = _convs(net)
+    assert [c.kernel_size for c in convs] == [(k, k) for k in KERNEL_SIZES]
+    assert KERNEL_SIZES == (5, 5, 3, 3, 1)
+    assert all(c.stride == (1, 1) for c in convs)
+    assert [c.out_channels for c in convs] == [*DEFAULT_WIDTHS, 1] and convs[0].in_channels == 2
+    kinds = [type(m).__name__ for m in net.layers]
+    assert kinds == ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 4 + ["Conv2d", "Tanh"]
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 37, 41), (1, 2, 64, 64), (3, 2, 5, 5)])
+def test_same_size_output_in_tanh_range(shape: tuple[int, ...]) -> None:
+    net = FusionNet(widths=(4, 6, 6, 4)).eval()
+    x = torch.rand(*shape)
+    y = net(x)
+    assert y.shape == (shape[0], 1, *shape[2:])
+    assert bool((y.abs() < 1).all())
+
+
+def test_truncated_normal_init_and_zero_biases() -> None:
+    torch.manual_seed(0)
+    net = FusionNet(widths=(64, 64, 64, 64))
+    for conv in _convs(net):
+        w = conv.weight.detach()
+        assert float(w.abs().max()) <= 2 * INIT_STD + 1e-12
+        assert torch.count_nonzero(conv.bias) == 0
+    # N(0, s) cut at +-2s has standard deviation s * sqrt(1 - 2*2*phi(2) / (2*Phi(2) - 1)) = 0.8796 s
+    phi2 = math.exp(-2) / math.sqrt(2 * math.pi)
+    big_phi2 = 0.5 * (1 + math.erf(2 / math.sqrt(2)))
+    expected = INIT_STD * math.sqrt(1 - 4 * phi2 / (2 * big_phi2 - 1))
+    w = _convs(net)[1].weight.detach()  # 64*64*25 = 102400 samples
+    assert float(w.std()) == pytest.approx(expected, rel=0.02)
+    assert abs(float(w.mean())) < 0.02 * INIT_STD
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+
+
+def test_bad_widths() -> None:
+    with pytest.raises(ValueError, match="four positive"):
+        FusionNet(widths=(8, 8, 8))
+    with pytest.raises(ValueError, match="four positive"):
+        FusionNet(widths=(8, 0, 8, 8))
+
+
+def test_fold_batch_norm_equals_eval_network() -> None:
+    torch.manual_seed(1)
+    net = FusionNet(widths=(6, 8, 8, 6))
+    for m in net.modules():  # non-trivial statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+        elif isinstance(m, nn.Conv2d):
+            m.weight.data.normal_(0, 0.3)
+    net.eval()
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 2, 20, 24)
+    assert torch.allclose(folded(x), net(x), atol=1e-5)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+def test_widths_from_state_dict() -> None:
+    net = FusionNet(widths=(5, 7, 9, 3))
+    assert widths_from_state_dict(net.state_dict()) == (5, 7, 9, 3)
+    with pytest.raises(ValueError, match="missing"):
+        widths_from_state_dict(nn.Linear(2, 2).state_dict())
+    sd = net.state_dict()
+    sd["layers.6.weight"] = torch.zeros(9, 7, 5, 5)
+    with pytest.raises(ValueError, match="3x3 kernel"):
+        widths_from_state_dict(sd)
+
+
+def test_torchscript() -> None:
+    net = FusionNet().eval()
+    x = torch.rand(1, 2, 16, 16)
+    assert torch.allclose(torch.jit.script(net)(x), net(x))
