@@ -66,6 +66,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
+from pipeline.metrics.checks import check_triple
+
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
 
@@ -454,14 +456,6 @@ def _column_major_windows(x: np.ndarray, window: int) -> np.ndarray:
     return np.stack([x[r:r + rows, c:c + cols].ravel() for c in range(window) for r in range(window)])
 
 
-def _as_gray(image: Any, name: str) -> np.ndarray:
-    arr = np.asarray(image, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"FMI: {name} must be a gray (H, W) image in 0..255, got shape {arr.shape}; "
-                         "convert colour first (pipeline.metrics.compute_metrics does)")
-    return arr
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -485,11 +479,7 @@ def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: Feature = "pixel",
     """
     _check_feature(feature)
     window = _check_window(window)
-    a, b, f = _as_gray(a, "a"), _as_gray(b, "b"), _as_gray(f, "f")
-    if not (a.shape == b.shape == f.shape):
-        raise ValueError(f"FMI: a, b and f must have one shape, got {a.shape}, {b.shape}, {f.shape}")
-    if min(a.shape) < window:
-        raise ValueError(f"FMI: images of shape {a.shape} are smaller than the {window}x{window} window")
+    a, b, f = check_triple(a, b, f, min_size=window)
     fa, fb, ff = (feature_image(x, feature) for x in (a, b, f))
     wa, wb, wf = (_column_major_windows(x, window) for x in (fa, fb, ff))
     nmi = (_window_nmi(wa, wf) + _window_nmi(wb, wf)) / 2.0

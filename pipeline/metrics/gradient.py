@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.metrics.checks import check_triple
+
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
 
@@ -58,30 +60,6 @@ _GUARD = 1e-5
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _as_gray_float64(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name}: expected a 2D grayscale array (H, W) in 0..255, got shape {arr.shape}. "
-            "Evaluate colour images per channel or on their Y channel (pipeline.colour.rgb_to_ycbcr)"
-        )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name}: expected an integer or float array, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or Inf; metrics need finite pixel values in 0..255")
-    return arr
-
-
-def _check_triple(a: Any, b: Any, f: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a, b, f = _as_gray_float64(a, "a"), _as_gray_float64(b, "b"), _as_gray_float64(f, "f")
-    if not (a.shape == b.shape == f.shape):
-        raise ValueError(f"a, b, f must have the same shape, got {a.shape}, {b.shape}, {f.shape}")
-    if min(a.shape) < 3:
-        raise ValueError(f"images must be at least 3x3, got {a.shape}")
-    return a, b, f
 
 
 def _sobel(xp: Any, x: Any, kx: tuple, ky: tuple) -> tuple[Any, Any]:
@@ -160,7 +138,7 @@ def q_g(a: Any, b: Any, f: Any) -> float:
     Raises:
         ValueError: an image that is not 2D, not finite, of another shape, or smaller than 3x3.
     """
-    a, b, f = _check_triple(a, b, f)
+    a, b, f = check_triple(a, b, f, min_size=3)
     return float(_q_g_core(np, a, b, f))
 
 
@@ -222,7 +200,7 @@ def q_abf(a: Any, b: Any, f: Any) -> float:
     Raises:
         ValueError: an image that is not 2D, not finite, of another shape, or smaller than 3x3.
     """
-    a, b, f = _check_triple(a, b, f)
+    a, b, f = check_triple(a, b, f, min_size=3)
     value = float(_q_abf_core(np, a, b, f))
     if math.isnan(value):
         _warn_no_edges()

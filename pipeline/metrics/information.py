@@ -24,56 +24,19 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.metrics.checks import check_triple
+
 __all__ = [
     "q_mi",
     "q_ncie",
     "mutual_information",
     "cross_entropy",
-    "as_gray_float",
-    "check_triple",
     "matlab_round",
     "stretch_to_gray_levels",
     "joint_histogram",
 ]
 
 _LEVELS = 256
-
-
-def as_gray_float(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Return ``image`` as a finite 2D float64 array (MATLAB's ``double()``).
-
-    Args:
-        image: 2D grayscale array in 0..255, ``uint8`` or float.
-        name: how the array is called in error messages (``"a"``, ``"b"``, ``"f"``).
-
-    Returns:
-        float64 copy-free view where possible, shape unchanged.
-
-    Raises:
-        ValueError: the array is not 2D, is empty, or holds NaN/Inf.
-    """
-    arr = np.asarray(image, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2D grayscale array, got shape {arr.shape}; "
-                         "convert colour images to gray (or the Y channel) or evaluate per channel")
-    if arr.size == 0:
-        raise ValueError(f"{name}: the image is empty")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: the image holds NaN or Inf; metrics need finite grey levels 0..255")
-    return arr
-
-
-def check_triple(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Convert the triple to float64 (:func:`as_gray_float`) and check that it shares one shape.
-
-    Raises:
-        ValueError: an image is not a finite 2D array, or the shapes differ.
-    """
-    a, b, f = as_gray_float(a, "a"), as_gray_float(b, "b"), as_gray_float(f, "f")
-    if not (a.shape == b.shape == f.shape):
-        raise ValueError(f"a, b and f must have one shape, got {a.shape}, {b.shape}, {f.shape}; "
-                         "resample them onto one grid first")
-    return a, b, f
 
 
 def matlab_round(x: np.ndarray) -> np.ndarray:

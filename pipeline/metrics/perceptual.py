@@ -31,7 +31,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sfft
 from scipy import ndimage
 
-from pipeline.metrics.information import check_triple, stretch_to_gray_levels
+from pipeline.metrics.checks import check_triple
+from pipeline.metrics.information import stretch_to_gray_levels
 
 __all__ = ["q_cb", "q_cv", "vif"]
 

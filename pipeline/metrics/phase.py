@@ -25,7 +25,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from pipeline.metrics.information import check_triple
+from pipeline.metrics.checks import check_triple
 
 __all__ = ["q_p", "phase_congruency", "PhaseCongruencyParams"]
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 
+from pipeline.metrics.checks import check_triple
+
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
 
@@ -71,31 +73,6 @@ _PREWITT_Y = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -1.0, -1.0))
 
 
 # ----------------------------------------------------------------------------- input checks
-
-
-def _as_gray_float64(x: Any, name: str) -> np.ndarray:
-    """One numpy image -> float64 2D array (MATLAB ``double()``), or a clear ValueError."""
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name}: expected a 2D grayscale array (H, W) in 0..255, got shape {arr.shape}. "
-            "Evaluate colour images per channel or on their Y channel (pipeline.colour.rgb_to_ycbcr)"
-        )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name}: expected an integer or float array, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or Inf; metrics need finite pixel values in 0..255")
-    return arr
-
-
-def _check_triple(a: Any, b: Any, f: Any, min_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a, b, f = _as_gray_float64(a, "a"), _as_gray_float64(b, "b"), _as_gray_float64(f, "f")
-    if not (a.shape == b.shape == f.shape):
-        raise ValueError(f"a, b, f must have the same shape, got {a.shape}, {b.shape}, {f.shape}")
-    if min(a.shape) < min_size:
-        raise ValueError(f"images must be at least {min_size}x{min_size} for this metric, got {a.shape}")
-    return a, b, f
 
 
 def _check_batch(a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor", min_size: int) -> tuple:
@@ -248,7 +225,7 @@ def q_e(a: Any, b: Any, f: Any, window: int = _PIELLA_WINDOW) -> float:
     """
     if int(window) < 2:
         raise ValueError(f"window must be >= 2 (the reference uses 8), got {window}")
-    a, b, f = _check_triple(a, b, f, int(window) + 2)
+    a, b, f = check_triple(a, b, f, min_size=int(window) + 2)
     return float(_q_e_core(np, a, b, f, int(window)))
 
 
@@ -337,7 +314,7 @@ def q_y(a: Any, b: Any, f: Any, flat: FlatPolicy = "limit") -> float:
             policy, or ``flat="exclude"`` on sources that are flat everywhere.
     """
     flat = _check_flat(flat)
-    a, b, f = _check_triple(a, b, f, 11)
+    a, b, f = check_triple(a, b, f, min_size=11)
     value, degenerate = _q_y_core(np, a, b, f, flat)
     return _finish_q_y(float(value), bool(degenerate), flat)
 
@@ -416,7 +393,7 @@ def ssim(a: Any, b: Any, f: Any) -> float:
     Raises:
         ValueError: an image that is not 2D, not finite, of another shape, or smaller than 11x11.
     """
-    a, b, f = _check_triple(a, b, f, _SSIM_SIZE)
+    a, b, f = check_triple(a, b, f, min_size=_SSIM_SIZE)
     return float(_ssim_core(np, a, b, f))
 
 
