@@ -7,11 +7,10 @@ only when chosen, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 from collections.abc import Sequence
 
 from data_prep.datalist import DataPrepError, SplitSpec
+from pipeline.cli import dispatch
 from pipeline.io import ImageReadError
 
 __all__ = ["main", "add_split_arguments", "split_from_args"]
@@ -46,17 +45,4 @@ def split_from_args(args: argparse.Namespace) -> SplitSpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
-    try:
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except (DataPrepError, ImageReadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return dispatch("python -m data_prep", __doc__.splitlines()[0], COMMANDS, argv, (DataPrepError, ImageReadError))
