@@ -6,6 +6,12 @@ database ``sqlite:///<output_dir>/mlruns.db`` unless ``--tracking_uri`` says oth
 handlers (:mod:`pipeline.handlers`) add to *that* run: :func:`find_mlflow_run` finds the
 ``MLFlowHandler`` attached to an engine and hands back its client and run id. Without tracking
 they log to the console only, and MLflow is never imported.
+
+An unreachable tracking server is an error at start, never a hang: :func:`check_tracking`
+asks a remote server for ``/health`` with a short timeout before training begins and raises
+:class:`TrackingServerError` naming the address and the fixes; :func:`bound_mlflow_requests`
+caps MLflow's own request timeout and retries (unless the user set them), so a server lost in
+mid-run stops the run within about half a minute instead of MLflow's default of many minutes.
 """
 
 from __future__ import annotations
@@ -13,11 +19,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["MLflowRun", "find_mlflow_run", "file_sha256", "device_info", "log_params_once"]
+__all__ = [
+    "MLflowRun",
+    "find_mlflow_run",
+    "file_sha256",
+    "device_info",
+    "log_params_once",
+    "TrackingServerError",
+    "MLFLOW_REQUEST_LIMITS",
+    "bound_mlflow_requests",
+    "check_tracking_server",
+    "check_tracking",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +156,111 @@ def log_params_once(run: MLflowRun, params: dict[str, Any]) -> dict[str, str]:
         run.client.log_batch(run.run_id, metrics=[], params=batch, tags=[])
     return new
 
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server cannot be reached; the message names the address and the fixes."""
+
+
+#: MLflow's HTTP limits set for a run unless the environment already sets them (MLflow's own
+#: defaults, 120 s timeout and 7 retries with backoff factor 2, can block one logging call for
+#: over ten minutes). Worst case per call here: 3 tries of 10 s plus 1 + 2 s of backoff.
+MLFLOW_REQUEST_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+def bound_mlflow_requests(limits: dict[str, str] | None = None) -> dict[str, str]:
+    """Set MLflow's HTTP timeout and retry limits in ``os.environ`` where the user has not.
+
+    Args:
+        limits: variable -> value; default :data:`MLFLOW_REQUEST_LIMITS`.
+
+    Returns:
+        the effective values of those variables.
+    """
+    limits = MLFLOW_REQUEST_LIMITS if limits is None else limits
+    return {k: os.environ.setdefault(k, v) for k, v in limits.items()}
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast when a remote tracking server does not answer; local stores are not checked.
+
+    An ``http(s)://`` URI must answer ``GET <uri>/health`` within ``timeout`` seconds (any HTTP
+    answer below 500 counts as reachable: a 401/403 means it is there and asks for credentials,
+    which MLflow reports itself). ``sqlite:`` and other database URIs are opened by MLflow directly.
+
+    Args:
+        uri: the tracking URI.
+        timeout: seconds to wait for the connection and for the answer.
+
+    Raises:
+        TrackingServerError: no connection, no answer within ``timeout``, a server error, or a
+            bad address.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            response.read(64)
+    except urllib.error.HTTPError as err:
+        if err.code >= 500:
+            raise TrackingServerError(_unreachable(uri, timeout, f"it answered HTTP {err.code}")) from err
+        logger.warning(f"MLflow tracking server {uri} answered HTTP {err.code} to /health; going on")
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingServerError(_unreachable(uri, timeout, f"{type(reason).__name__}: {reason}")) from err
+
+
+def _unreachable(uri: str, timeout: float, reason: str) -> str:
+    return (f"MLflow tracking server {uri} is not reachable ({reason}; waited at most {timeout:g} s). "
+            "Training has not started. Start the server (bundle README, section 'Multi-GPU, resuming and "
+            "remote tracking'), check the address, port, proxy and firewall, or track locally: leave out "
+            "--tracking_uri (SQLite in <output_dir>/mlruns.db; MLFLOW_TRACKING_URI must be unset too) or "
+            "leave out --tracking mlflow")
+
+
+def _mlflow_handlers(source: Any) -> list[Any]:
+    try:
+        from monai.handlers import MLFlowHandler
+    except ImportError:
+        return []
+    if isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+        return [h for h in source if isinstance(h, MLFlowHandler)]
+    found: list[Any] = []
+    for handlers in getattr(source, "_event_handlers", {}).values():
+        for handler, *_ in handlers:
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, MLFlowHandler) and all(owner is not f for f in found):
+                found.append(owner)
+    return found
+
+
+def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
+    """Before training: bound MLflow's requests and check the server of each MLFlowHandler in ``source``.
+
+    Args:
+        source: an engine with handlers attached, or a list of handlers (``train#handlers``).
+        timeout: seconds for the reachability check.
+
+    Returns:
+        the tracking URI checked, or ``None`` without MLflow tracking (and on ranks other than 0,
+        whose MLflow handlers are disabled).
+
+    Raises:
+        TrackingServerError: as :func:`check_tracking_server`.
+    """
+    handlers = _mlflow_handlers(source)
+    if not handlers:
+        return None
+    bound_mlflow_requests()
+    uri = None
+    for handler in handlers:
+        client = getattr(handler, "client", None)
+        uri = getattr(client, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            check_tracking_server(str(uri), timeout=timeout)
+    return str(uri) if uri else None

@@ -1,5 +1,5 @@
 """Glue between the bundle configs and the library: the input as its own target, the bundle folder,
-datalist splits, checkpoint checks."""
+datalist splits, checkpoint checks, the tracking-server check and the resumable training state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-__all__ = ["prepare_self_target", "default_bundle_root", "load_split", "check_checkpoint"]
+__all__ = [
+    "prepare_self_target",
+    "default_bundle_root",
+    "load_split",
+    "check_checkpoint",
+    "check_tracking",
+    "training_state",
+]
 
 
 def prepare_self_target(
@@ -93,3 +100,23 @@ def check_checkpoint(ckpt_path: str | os.PathLike, widths: Sequence[int]) -> Non
     from pipeline.inference import load_fusion_network
 
     load_fusion_network(ckpt_path, device="cpu", widths=widths)
+
+
+def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
+    """Fail fast, before training, when the MLflow tracking server of ``--tracking mlflow`` is unreachable.
+
+    See :func:`pipeline.tracking.check_tracking` (a no-op without MLflow tracking).
+
+    Raises:
+        pipeline.tracking.TrackingServerError: the server does not answer within ``timeout`` seconds.
+    """
+    from pipeline.tracking import check_tracking as _check
+
+    return _check(source, timeout=timeout)
+
+
+def training_state(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """What ``latest.pt`` saves and ``--resume True`` restores: :func:`pipeline.checkpoint.training_state`."""
+    from pipeline.checkpoint import training_state as _state
+
+    return _state(*args, **kwargs)
