@@ -25,7 +25,7 @@ import torch
 
 from pipeline.colour import fuse_with_colour
 from pipeline.io import read_pair, write_png
-from pipeline.networks import FusionNet, widths_from_state_dict
+from pipeline.networks import FusionNet, inference_network, widths_from_state_dict
 
 __all__ = [
     "CheckpointError",
@@ -36,9 +36,13 @@ __all__ = [
     "datalist_pairs",
     "run_inference",
     "IMAGE_SUFFIXES",
+    "DEFAULT_BATCH_SIZE",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Pairs per forward pass when fusing many pairs of one size (see ``benchmarks/bench_inference.py``).
+DEFAULT_BATCH_SIZE = 8
 
 #: File suffixes taken as images when pairing folders.
 IMAGE_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
@@ -120,22 +124,58 @@ def _default_device() -> torch.device:
 
 
 class CNNFuser:
-    """Fuse 2D slices with a FusionNet.
+    """Fuse 2D slices with a FusionNet, in its fastest measured inference form.
+
+    The network is run as :func:`pipeline.networks.inference_network` makes it (batch norm folded
+    into the convolutions, channels-last layout) under ``torch.inference_mode``; its output equals
+    the eager ``network.eval()`` up to float rounding (``benchmarks/bench_inference.py`` measures
+    the variants). :meth:`fuse_many` batches pairs of one size.
 
     Args:
         network: a FusionNet (or any module mapping ``(N, 2, H, W)`` to ``(N, 1, H, W)``).
         device: where to run; default the network's device.
         amp: autocast to float16 on CUDA.
+        optimise: run the folded channels-last form (``False``: the eval network as given).
+        batch_size: pairs per forward pass in :meth:`fuse_many`.
     """
 
     def __init__(
-        self, network: torch.nn.Module, device: str | torch.device | None = None, amp: bool = False
+        self,
+        network: torch.nn.Module,
+        device: str | torch.device | None = None,
+        amp: bool = False,
+        optimise: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.network = network.to(self.device).eval()
+        self.runner = inference_network(self.network) if optimise else self.network
         self.amp = bool(amp) and self.device.type == "cuda"
+        if int(batch_size) < 1:
+            raise ValueError(f"CNNFuser: batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def fuse_gray_batch(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Fuse stacks of gray images: ``(N, H, W)`` float in [0, 1] each, to ``(N, H, W)`` float64 in [0, 1].
+
+        Runs ``batch_size`` pairs per forward pass.
+
+        Raises:
+            ValueError: not two 3D stacks of one shape.
+        """
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim != 3 or a.shape != b.shape:
+            raise ValueError(f"CNNFuser.fuse_gray_batch needs two (N, H, W) stacks of one shape, got "
+                             f"{a.shape} and {b.shape}")
+        x = torch.from_numpy(np.stack([a, b], axis=1).astype(np.float32))
+        out = []
+        for chunk in x.split(self.batch_size):
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                y = self.runner(chunk.to(self.device))
+            out.append(y[:, 0].float().clamp(0, 1).cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
     def fuse_gray(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Fuse two gray ``(H, W)`` float images in [0, 1] into one, float64 in [0, 1].
 
@@ -146,10 +186,7 @@ class CNNFuser:
         if a.ndim != 2 or a.shape != b.shape:
             raise ValueError(f"CNNFuser.fuse_gray needs two 2D images of one size, got {a.shape} "
                              f"and {b.shape}")
-        x = torch.from_numpy(np.stack([a, b]).astype(np.float32))[None].to(self.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            y = self.network(x)
-        return y[0, 0].float().clamp(0, 1).cpu().numpy().astype(np.float64)
+        return self.fuse_gray_batch(a[None], b[None])[0]
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Fuse a pair in which a source may be colour (``(H, W, 3)``): YCbCr fusion, RGB out.
@@ -162,6 +199,42 @@ class CNNFuser:
             ``(H, W)`` for a gray pair, ``(H, W, 3)`` RGB otherwise, float in [0, 1].
         """
         return fuse_with_colour(a, b, self.fuse_gray)
+
+    def fuse_many(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Fuse many pairs (gray or colour, as :meth:`fuse`), batching the network over pairs of one size.
+
+        Gives the same images as calling :meth:`fuse` on each pair: the gray inputs the colour
+        rule hands to the network are collected first, run in batches of ``batch_size`` per image
+        size, and handed back to the same colour rule.
+
+        Args:
+            pairs: ``(a, b)`` float sources in [0, 1].
+
+        Returns:
+            the fused images, in order, as :meth:`fuse` returns them.
+        """
+        inputs: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def collect(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+            if ga.shape != gb.shape or np.ndim(ga) != 2:
+                raise ValueError(f"CNNFuser.fuse_many: a pair of sizes {np.shape(ga)} and {np.shape(gb)}; "
+                                 "the two sources must be 2D images of one size")
+            inputs.append((ga, gb))
+            return np.zeros_like(ga)
+
+        for a, b in pairs:
+            fuse_with_colour(a, b, collect)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (ga, _) in enumerate(inputs):
+            by_shape.setdefault(ga.shape, []).append(i)
+        fused_gray: list[np.ndarray | None] = [None] * len(inputs)
+        for idx in by_shape.values():
+            out = self.fuse_gray_batch(np.stack([inputs[i][0] for i in idx]),
+                                       np.stack([inputs[i][1] for i in idx]))
+            for i, f in zip(idx, out):
+                fused_gray[i] = f
+        results = iter(fused_gray)
+        return [fuse_with_colour(a, b, lambda _a, _b: next(results)) for a, b in pairs]
 
 
 def find_pairs(
@@ -260,6 +333,7 @@ def run_inference(
     device: str | torch.device | None = None,
     widths: Sequence[int] | None = None,
     amp: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Path]:
     """Fuse every pair of ``input_dir`` (or of a datalist split) and write 8-bit PNGs to ``output_dir``.
 
@@ -273,6 +347,7 @@ def run_inference(
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         widths: expected network widths (``None``: read from the checkpoint).
         amp: float16 autocast on CUDA.
+        batch_size: pairs of one size per forward pass.
 
     Returns:
         the written files, in pair order.
@@ -286,12 +361,14 @@ def run_inference(
     pairs = find_pairs(input_dir, subdirs) if input_dir is not None else datalist_pairs(datalist, split)
     if not pairs:
         raise ValueError(f"{datalist}: split {split!r} has no pairs")
-    fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp)
+    fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
+                     batch_size=batch_size)
     decoded = [(name, *read_pair(pa, pb)) for name, pa, pb in pairs]  # check all before writing any
     out_dir = Path(output_dir)
     written = []
-    for name, a, b in decoded:
-        fused = fuser.fuse(a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0)
+    fused_all = fuser.fuse_many([(a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0)
+                                 for _, a, b in decoded])
+    for (name, _, _), fused in zip(decoded, fused_all):
         target = out_dir / f"{name}.png"
         write_png(target, fused)
         written.append(target)

@@ -143,6 +143,43 @@ def test_bad_pair_writes_nothing(checkpoint: Path, folder: Path, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_fuser_matches_eager_network(checkpoint: Path, rng: np.random.Generator) -> None:
+    """The production path (folded, channels-last, batched) gives the eager network's output."""
+    net = load_fusion_network(checkpoint, device="cpu")
+    fast = CNNFuser(net, batch_size=2)
+    eager = CNNFuser(net, optimise=False)
+    assert fast.runner is not net and eager.runner is net
+    a, b = rng.random((5, 24, 20)), rng.random((5, 24, 20))
+    with torch.no_grad():  # the plain eval network, as trained
+        x = torch.from_numpy(np.stack([a, b], axis=1).astype(np.float32))
+        expected = net(x)[:, 0].clamp(0, 1).numpy()
+    got = fast.fuse_gray_batch(a, b)  # 5 pairs in chunks of 2
+    assert got.shape == (5, 24, 20) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(eager.fuse_gray_batch(a, b), expected, atol=1e-6)
+    np.testing.assert_allclose(fast.fuse_gray(a[3], b[3]), expected[3], atol=1e-5)
+    assert np.ptp(expected) > 0.05
+    with pytest.raises(ValueError, match="batch_size"):
+        CNNFuser(net, batch_size=0)
+
+
+def test_fuse_many_equals_fuse(checkpoint: Path, rng: np.random.Generator) -> None:
+    """Batching over pairs of mixed sizes and colour gives each pair's own result, in order."""
+    fuser = CNNFuser(load_fusion_network(checkpoint, device="cpu"), batch_size=2)
+    pairs = [
+        (rng.random((16, 18)), rng.random((16, 18))),
+        (rng.random((16, 18, 3)), rng.random((16, 18))),  # colour A
+        (rng.random((20, 12)), rng.random((20, 12))),  # another size
+        (rng.random((16, 18)), rng.random((16, 18, 3))),  # colour B
+        (rng.random((16, 18)), rng.random((16, 18))),
+    ]
+    many = fuser.fuse_many(pairs)
+    assert [m.shape for m in many] == [(16, 18), (16, 18, 3), (20, 12), (16, 18, 3), (16, 18)]
+    for (a, b), got in zip(pairs, many):
+        np.testing.assert_allclose(got, fuser.fuse(a, b), atol=1e-6)
+    assert fuser.fuse_many([]) == []
+
+
 def test_cnn_method(checkpoint: Path, rng: np.random.Generator) -> None:
     from pipeline.baselines.cnn import fuse
 

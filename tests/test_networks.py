@@ -13,7 +13,9 @@ from pipeline.networks import (
     INIT_STD,
     KERNEL_SIZES,
     FusionNet,
+    conv_flops,
     fold_batch_norm,
+    inference_network,
     widths_from_state_dict,
 )
 
@@ -67,6 +69,22 @@ def test_bad_widths() -> None:
         FusionNet(widths=(8, 0, 8, 8))
 
 
+def _trained_like(widths: tuple[int, ...] = (6, 8, 8, 6), seed: int = 1) -> FusionNet:
+    """A FusionNet with non-trivial weights and batch-norm statistics, as after training."""
+    torch.manual_seed(seed)
+    net = FusionNet(widths=widths)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+        elif isinstance(m, nn.Conv2d):
+            m.weight.data.normal_(0, 0.3)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
 def test_fold_batch_norm_equals_eval_network() -> None:
     torch.manual_seed(1)
     net = FusionNet(widths=(6, 8, 8, 6))
@@ -84,6 +102,53 @@ def test_fold_batch_norm_equals_eval_network() -> None:
     x = torch.rand(2, 2, 20, 24)
     assert torch.allclose(folded(x), net(x), atol=1e-5)
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+def test_fold_batch_norm_of_a_training_mode_net_uses_running_statistics() -> None:
+    net = _trained_like().train()
+    folded = fold_batch_norm(net)
+    assert net.training  # the input keeps its mode
+    assert not any(p.requires_grad for p in folded.parameters())
+    x = torch.rand(3, 2, 17, 19)
+    torch.testing.assert_close(folded(x), net.eval()(x), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_inference_network_equals_eager(channels_last: bool) -> None:
+    net = _trained_like(widths=(8, 12, 12, 8), seed=3)
+    fast = inference_network(net, channels_last=channels_last)
+    x = torch.rand(4, 2, 64, 64)
+    with torch.no_grad():
+        expected = net(x)
+    with torch.inference_mode():
+        got = fast(x)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert float(expected.std()) > 0.05  # the weights do something
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    with torch.inference_mode():  # batching does not change a pair's result
+        torch.testing.assert_close(fast(x[2:3]), got[2:3], atol=2e-6, rtol=1e-5)
+    conv_params = [m.weight for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert len(conv_params) == 5
+    if channels_last:
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_params if w.shape[-1] > 1)
+
+
+def test_inference_network_keeps_other_modules() -> None:
+    other = nn.Conv2d(2, 1, 3, padding=1)
+    fast = inference_network(other)
+    x = torch.rand(1, 2, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), other(x).detach())
+
+
+def test_conv_flops() -> None:
+    # 2 * (2*16*25 + 16*32*25 + 32*32*9 + 32*16*9 + 16*1*1) per pixel
+    assert conv_flops((16, 32, 32, 16), 1, 1) == 2 * (800 + 12800 + 9216 + 4608 + 16) == 54880
+    assert conv_flops((16, 32, 32, 16), 256, 256) == 54880 * 65536
+    x = torch.rand(1, 2, 5, 7)  # against the MAC count of the layers themselves
+    net = FusionNet(widths=(3, 4, 5, 6))
+    macs = sum(m.weight.numel() * 5 * 7 for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert conv_flops(net.widths, 5, 7) == 2 * macs and net(x).shape == (1, 1, 5, 7)
 
 
 def test_widths_from_state_dict() -> None:

@@ -1,7 +1,10 @@
 """``cnn``: the trained SSIM-alpha fusion network as a method with the baselines' ``fuse(a, b)`` shape.
 
 The weights default to the bundle's ``bundles/ssim_fusion/models/model.pt``; a loaded network is
-kept per (checkpoint, modification time, device), so fusing a data set loads it once.
+kept per (checkpoint, modification time, device), so fusing a data set loads it once. It runs in
+the fastest measured inference form (:class:`pipeline.inference.CNNFuser`: batch norm folded into
+the convolutions, channels-last, ``inference_mode``), equal to the eager network up to float
+rounding; to fuse many pairs at once, batched, use ``CNNFuser.fuse_many``.
 """
 
 from __future__ import annotations
