@@ -30,6 +30,24 @@ fused images in [0, 1], ``l > 0`` everywhere and nothing differs from the textbo
 square root of a variance enters the loss when ``beta == gamma`` (the default) and the gradient
 stays finite on flat regions. Everything is computed in float32 or wider even under autocast,
 since local variances are differences of nearly equal numbers.
+
+Second term (off by default, ``second_term="none"``: the thesis's loss exactly). The thesis names
+an added term as future work; two are available, each scaled by ``second_weight`` and added to the
+SSIM-alpha loss:
+
+- ``"gradient"`` (edge preservation, as the texture loss of SwinFusion, Ma et al. 2022): the mean
+  absolute difference between the Sobel gradient magnitude of the fused image and the per-pixel
+  maximum of the sources' magnitudes, ``mean | |grad F| - max_i |grad S_i| |`` with
+  ``|grad| = |G_x| + |G_y|`` (3x3 Sobel, 'valid' border). It asks every edge of either source to
+  appear in the fused image at its full strength, which SSIM against each source separately does
+  not: SSIM-alpha is maximised by a compromise that halves an edge present in one source only.
+- ``"intensity"``: ``mean | F - max_i S_i |``, which keeps the brighter source's intensity (bone in
+  CT, tracer in PET/SPECT) where an average would dim it.
+- ``"mean"``: ``mean | F - mean_i S_i |``, an intensity anchor on the sources' average; it keeps
+  flat regions (the background) at the sources' level, where the SSIM luminance term saturates
+  (``l = C1 / (mu_F^2 + C1)`` is flat in ``mu_F`` once a dark background has drifted grey).
+
+Terms combine with ``+`` (``"gradient+mean"``: their sum, times ``second_weight``).
 """
 
 from __future__ import annotations
@@ -40,7 +58,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["SSIMAlphaLoss", "gaussian_window", "signed_power"]
+__all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "gaussian_window", "signed_power", "sobel_magnitude"]
+
+#: Names of the optional second loss term (``"none"``: the thesis's SSIM-alpha loss alone).
+SECOND_TERMS = ("none", "gradient", "intensity", "mean")
 
 
 def gaussian_window(win_size: int, sigma: float, dtype: torch.dtype = torch.float32,
@@ -77,6 +98,23 @@ def signed_power(t: torch.Tensor, p: float) -> torch.Tensor:
     return torch.sign(t) * t.abs().pow(p)
 
 
+def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """L1 Sobel gradient magnitude ``|G_x| + |G_y|`` of every channel, 'valid' border.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1] (H, W >= 3).
+
+    Returns:
+        ``(N, C, H - 2, W - 2)``; 0 on flat regions, at most 8 for images in [0, 1].
+    """
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
+                      device=images.device)
+    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx and d/dy
+    n, c, h, w = images.shape
+    grads = F.conv2d(images.reshape(n * c, 1, h, w), kernels)
+    return grads.abs().sum(dim=1).reshape(n, c, h - 2, w - 2)
+
+
 class SSIMAlphaLoss(_Loss):
     """``1 - weighted mean over sources of mean SSIM_alpha(fused, source)``; see the module docstring.
 
@@ -94,10 +132,13 @@ class SSIMAlphaLoss(_Loss):
         k2: contrast constant, ``C2 = (k2 * data_range) ** 2``; ``C3 = C2 / 2``.
         data_range: dynamic range of the images (1.0 for the library's [0, 1] images).
         weights: weight of each source in the mean (normalised by their sum).
+        second_term: optional added term, one of :data:`SECOND_TERMS` or a ``+`` combination
+            (see the module docstring); ``"none"`` (default) is the thesis's loss.
+        second_weight: factor of the second term (ignored for ``"none"``).
 
     Raises:
         ValueError: bad parameters (non-positive window, sigma or range, negative or all-zero
-            weights, negative exponents).
+            weights, negative exponents, unknown second term or negative second weight).
     """
 
     def __init__(
@@ -111,6 +152,8 @@ class SSIMAlphaLoss(_Loss):
         k2: float = 0.03,
         data_range: float = 1.0,
         weights: Sequence[float] = (0.5, 0.5),
+        second_term: str = "none",
+        second_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if win_size < 1 or sigma <= 0 or data_range <= 0:
@@ -130,6 +173,15 @@ class SSIMAlphaLoss(_Loss):
         self.c2 = (self.k2 * self.data_range) ** 2
         self.c3 = self.c2 / 2
         self.weights = tuple(w)
+        second_term = str(second_term).lower().replace(" ", "") if second_term is not None else "none"
+        parts = tuple(dict.fromkeys(second_term.split("+")))
+        if any(p not in SECOND_TERMS for p in parts) or ("none" in parts and len(parts) > 1):
+            raise ValueError(f"SSIMAlphaLoss: second_term must be one of {SECOND_TERMS} or a '+' "
+                             f"combination of them, got {second_term!r}")
+        self._second_parts = () if parts == ("none",) else parts
+        if second_weight < 0:
+            raise ValueError(f"SSIMAlphaLoss: second_weight must be >= 0, got {second_weight}")
+        self.second_term, self.second_weight = second_term, float(second_weight)
 
     # ---------------------------------------------------------------- local statistics
     def _check(self, fused: torch.Tensor, sources: torch.Tensor) -> None:
@@ -207,8 +259,36 @@ class SSIMAlphaLoss(_Loss):
         per = self.ssim_per_source(fused, sources)
         return (per * w.to(per.dtype)).sum(dim=1) / w.sum().to(per.dtype)
 
+    def second(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The unweighted second term per image, ``(N,)`` (zeros for ``second_term="none"``).
+
+        Args:
+            fused: ``(N, 1, H, W)``, float in [0, 1].
+            sources: ``(N, S, H, W)``, float in [0, 1].
+
+        Returns:
+            per image, the sum of the configured terms: mean absolute error of the gradient
+            magnitude (``"gradient"``) or the intensity (``"intensity"``) against the per-pixel
+            maximum of the sources, or of the intensity against their mean (``"mean"``).
+        """
+        self._check(fused, sources)
+        with torch.autocast(device_type=sources.device.type, enabled=False):
+            dtype = torch.promote_types(torch.promote_types(fused.dtype, sources.dtype), torch.float32)
+            x, y = fused.to(dtype), sources.to(dtype)
+            total = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+            for part in self._second_parts:
+                if part == "gradient":
+                    err = sobel_magnitude(x) - sobel_magnitude(y).amax(dim=1, keepdim=True)
+                elif part == "intensity":
+                    err = x - y.amax(dim=1, keepdim=True)
+                else:  # "mean"
+                    err = x - y.mean(dim=1, keepdim=True)
+                total = total + err.abs().mean(dim=(1, 2, 3))
+            return total
+
     def forward(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """The loss, a scalar: ``1 - mean over the batch of the weighted SSIM_alpha``.
+        """The loss, a scalar: ``1 - mean over the batch of the weighted SSIM_alpha``, plus
+        ``second_weight`` times the mean second term when one is configured.
 
         Args:
             fused: network output ``(N, 1, H, W)``.
@@ -217,7 +297,10 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             scalar tensor (float32 or wider).
         """
-        return 1.0 - self.ssim(fused, sources).mean()
+        loss = 1.0 - self.ssim(fused, sources).mean()
+        if self._second_parts and self.second_weight > 0:
+            loss = loss + self.second_weight * self.second(fused, sources).mean()
+        return loss
 
     @torch.no_grad()
     def terms(self, fused: torch.Tensor, sources: torch.Tensor) -> dict[str, torch.Tensor]:

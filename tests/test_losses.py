@@ -139,3 +139,77 @@ def test_bad_shapes(fused: torch.Tensor, sources: torch.Tensor, match: str) -> N
 def test_bad_parameters(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SSIMAlphaLoss(**kwargs)
+
+
+# ---------------------------------------------------------------- optional second term
+from pipeline.losses import SECOND_TERMS, sobel_magnitude  # noqa: E402
+
+
+def test_sobel_magnitude_of_a_ramp_and_a_step() -> None:
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None] / 10  # d/dx = 0.1 per pixel
+    mag = sobel_magnitude(ramp)
+    assert mag.shape == (1, 1, 6, 6)
+    assert torch.allclose(mag, torch.full_like(mag, 0.8), atol=1e-6)  # Sobel gain 8 x 0.1, d/dy = 0
+    assert float(sobel_magnitude(torch.full((1, 2, 9, 9), 0.4)).abs().max()) < 1e-6  # flat: no edge
+
+
+def test_second_term_none_is_the_thesis_loss() -> None:
+    fused, sources = _images(2)
+    thesis = SSIMAlphaLoss()
+    assert thesis.second_term == "none" and SECOND_TERMS[0] == "none"
+    off = SSIMAlphaLoss(second_term="none", second_weight=5.0)
+    assert float(off(fused, sources)) == pytest.approx(float(thesis(fused, sources)), abs=1e-7)
+    assert torch.equal(off.second(fused, sources), torch.zeros(3))
+
+
+@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "gradient+mean"])
+def test_second_term_adds_weighted_mean(term: str) -> None:
+    fused, sources = _images(3)
+    base = float(SSIMAlphaLoss()(fused, sources))
+    loss = SSIMAlphaLoss(second_term=term, second_weight=2.0)
+    extra = loss.second(fused, sources)
+    assert extra.shape == (3,) and bool((extra > 0).all())
+    assert float(loss(fused, sources)) == pytest.approx(base + 2.0 * float(extra.mean()), abs=1e-6)
+
+
+def test_second_terms_reference_values() -> None:
+    # intensity: |F - max(A, B)|; a fused image equal to the per-pixel maximum scores 0
+    a = torch.zeros(1, 1, 16, 16)
+    b = torch.zeros(1, 1, 16, 16)
+    a[..., :, 8:] = 1.0  # vertical edge in A only
+    b[..., 8:, :] = 0.5  # horizontal edge in B only
+    sources = torch.cat([a, b], dim=1)
+    brightest = sources.amax(dim=1, keepdim=True)
+    assert float(SSIMAlphaLoss(second_term="intensity").second(brightest, sources)) == 0.0
+    assert float(SSIMAlphaLoss(second_term="intensity").second(torch.zeros_like(a), sources)) == pytest.approx(
+        float(brightest.mean()))
+    # gradient: the average keeps half of each edge, so it costs; a flat image costs the whole mean max edge
+    grad = SSIMAlphaLoss(second_term="gradient")
+    target = torch.maximum(sobel_magnitude(a), sobel_magnitude(b)).mean()
+    assert float(grad.second(torch.zeros_like(a), sources)) == pytest.approx(float(target), rel=1e-6)
+    assert 0 < float(grad.second((a + b) / 2, sources)) < float(target)
+    # mean: |F - (A + B) / 2|; the average itself scores 0, and terms combine by summing
+    average = sources.mean(dim=1, keepdim=True)
+    assert float(SSIMAlphaLoss(second_term="mean").second(average, sources)) == 0.0
+    both = SSIMAlphaLoss(second_term="gradient + mean").second(torch.zeros_like(a), sources)
+    assert float(both) == pytest.approx(float(target) + float(average.mean()), rel=1e-6)
+
+
+def test_gradient_term_gradcheck_and_autocast() -> None:
+    g = torch.Generator().manual_seed(4)
+    fused = (0.2 + 0.6 * torch.rand(1, 1, 14, 14, generator=g, dtype=torch.float64)).requires_grad_()
+    sources = torch.rand(1, 2, 14, 14, generator=g, dtype=torch.float64)
+    loss = SSIMAlphaLoss(second_term="gradient", second_weight=0.5)
+    value = loss(fused, sources)
+    value.backward()
+    assert fused.grad is not None and bool(torch.isfinite(fused.grad).all())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(fused.detach().to(torch.bfloat16), sources.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs", [{"second_term": "edges"}, {"second_term": "none+gradient"},
+                                    {"second_term": "gradient", "second_weight": -1.0}])
+def test_bad_second_term(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="second"):
+        SSIMAlphaLoss(**kwargs)

@@ -1,0 +1,295 @@
+"""Hyperparameter study of the ssim_fusion bundle: train a list of configurations, score each on
+the validation and test splits, print one table.
+
+Every configuration is one run of the bundle's own CLI (``python -m monai.bundle run training``,
+a subprocess, tracked in MLflow: one SQLite store ``OUT/mlruns.db`` for the whole study, experiment
+``train_study``, run name = configuration name), followed by ``python -m pipeline benchmark
+--methods cnn`` on the test split with the run's best checkpoint. Validation metrics are those the
+bundle's evaluator computes at its last validation (``Q_Y``, ``FMI_pixel``, ``Q_ABF``, and the key
+metric ``val_ssim_alpha``); select on them, report the test columns.
+
+Examples::
+
+    # CPU (2 cores, minutes per run): the short settings
+    python benchmarks/train_study.py --datalist data/harvard_ctmri/datalist.json --out runs/study
+    python benchmarks/train_study.py ... --only base,alpha1,grad1 --jobs 2
+    # GPU: longer runs and larger patches (``--preset gpu``), same table
+    python benchmarks/train_study.py --datalist data/harvard_ctmri/datalist.json --out runs/study_gpu \\
+        --device cuda:0 --preset gpu --extra-datalist data/harvard_all/datalist.json
+
+``--extra-datalist`` is the datalist of the configurations marked ``data: extra`` (CT-MRI plus the
+Y channel of the PET/SPECT pairs as training data, prepared with explicit case lists so that the
+CT-MRI validation and test cases stay out of training; see the model card). A configuration whose
+``OUT/<name>/result.json`` exists is not rerun (delete the file to redo it). Images are float
+[0, 1] in the bundle; the reference metrics score 8-bit images (0..255).
+
+Writes ``OUT/study.csv`` and ``OUT/study.md`` (the table) and per configuration ``OUT/<name>/``
+(the bundle's output dir: ``models/model.pt``, samples, ``train.log``, ``test/`` benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BASE", "PRESETS", "configurations", "run_config", "main"]
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG = REPO / "bundles" / "ssim_fusion" / "configs" / "train.yaml"
+METRICS = ("Q_Y", "FMI_pixel", "Q_ABF")
+
+#: Hyperparameters of every configuration unless it overrides them (bundle config ids).
+BASE: dict[str, Any] = {
+    "alpha": 4.0, "learning_rate": 0.005, "batch_size": 8, "patch_size": 64, "epochs": 60,
+    "widths": [16, 32, 32, 16], "second_term": "none", "second_weight": 0.0, "init_std": 0.001,
+    "lr_schedule": False, "seed": 0, "data": "ctmri",
+}
+
+#: Named studies: configuration name -> overrides of BASE (``epochs`` scaled by ``--epoch-scale``).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        # the thesis's loss (alpha 4) at the learning rate that escapes the black start
+        "base": {},
+        "lr1e-3": {"learning_rate": 0.001},
+        "lr2e-2": {"learning_rate": 0.02},
+        "alpha1": {"alpha": 1.0},
+        "alpha2": {"alpha": 2.0},
+        "alpha8": {"alpha": 8.0},
+        "init0.05": {"init_std": 0.05},
+        "wide": {"widths": [32, 64, 64, 32]},
+        "narrow": {"widths": [8, 16, 16, 8]},
+        "patch128": {"patch_size": 128, "batch_size": 2},
+        "batch2": {"batch_size": 2},
+        "batch32": {"batch_size": 32, "epochs": 120},
+        "epochs120": {"epochs": 120},
+        "grad1": {"second_term": "gradient", "second_weight": 1.0},
+        "grad4": {"second_term": "gradient", "second_weight": 4.0},
+        "intensity1": {"second_term": "intensity", "second_weight": 1.0},
+        # the same number of iterations on 6x the training pairs
+        "extra": {"data": "extra", "epochs": 10},
+        # second round: around the best of the first
+        "grad2": {"second_term": "gradient", "second_weight": 2.0},
+        "grad1_cos": {"second_term": "gradient", "second_weight": 1.0, "lr_schedule": True},
+        "grad1_cos120": {"second_term": "gradient", "second_weight": 1.0, "lr_schedule": True, "epochs": 120},
+        "grad1_p128": {"second_term": "gradient", "second_weight": 1.0, "patch_size": 128, "batch_size": 2},
+        "grad1_extra": {"second_term": "gradient", "second_weight": 1.0, "data": "extra", "epochs": 10},
+        "grad1_wide": {"second_term": "gradient", "second_weight": 1.0, "widths": [32, 64, 64, 32]},
+        "gradmean1": {"second_term": "gradient+mean", "second_weight": 1.0},
+        "gradmean2": {"second_term": "gradient+mean", "second_weight": 2.0},
+        # cosine decay: batch-norm running statistics then match the final weights (see the model card)
+        "gradmean2_cos": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True},
+        "gradmean4_cos": {"second_term": "gradient+mean", "second_weight": 4.0, "lr_schedule": True},
+        "gradmean2_cos_extra": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True,
+                                "data": "extra", "epochs": 10},
+        "gradmean3": {"second_term": "gradient+mean", "second_weight": 3.0},
+        "gradmean2_extra": {"second_term": "gradient+mean", "second_weight": 2.0, "data": "extra", "epochs": 10},
+        # seed repeats of the two best: how much of a difference is noise
+        "gradmean2_seed1": {"second_term": "gradient+mean", "second_weight": 2.0, "seed": 1},
+        "gradmean3_seed1": {"second_term": "gradient+mean", "second_weight": 3.0, "seed": 1},
+        "gradmean2_cos120": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True,
+                             "epochs": 120},
+    },
+}
+PRESETS["gpu"] = {name: {**cfg, "epochs": cfg.get("epochs", BASE["epochs"]) * 4,
+                         "patch_size": max(128, cfg.get("patch_size", 64))}
+                  for name, cfg in PRESETS["cpu"].items()}
+
+_METRIC_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
+_RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
+
+
+def configurations(preset: str, only: list[str] | None, epoch_scale: float) -> dict[str, dict[str, Any]]:
+    """The full hyperparameters of each configuration of ``preset`` (or of ``only`` among them)."""
+    table = PRESETS[preset]
+    names = only or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}; {preset!r} has {list(table)}")
+    out = {}
+    for name in names:
+        cfg = {**BASE, **table[name]}
+        cfg["epochs"] = max(1, round(cfg["epochs"] * epoch_scale))
+        out[name] = cfg
+    return out
+
+
+def _bundle_args(cfg: dict[str, Any], datalist: str, out_dir: Path, device: str, tracking_uri: str,
+                 name: str) -> list[str]:
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG),
+            "--datalist", datalist, "--output_dir", str(out_dir.resolve()), "--device", device,
+            "--val_interval", str(cfg["epochs"]),  # one validation, at the end: validation costs as much as training
+            "--progress_bar", "False", "--tracking", "mlflow", "--tracking_uri", tracking_uri,
+            "--experiment_name", "train_study", "--run_name", name]
+    for key in ("alpha", "learning_rate", "batch_size", "patch_size", "epochs", "second_term", "second_weight",
+                "lr_schedule", "seed"):
+        args += [f"--{key}", str(cfg[key])]
+    args += ["--widths", json.dumps(cfg["widths"]), "--network_def#init_std", str(cfg["init_std"])]
+    return args
+
+
+def _parse_val(log: str) -> tuple[dict[str, float], str | None]:
+    """Metrics of the last validation and the MLflow run id, from the bundle's console output."""
+    metrics: dict[str, float] = {}
+    for m in _METRIC_LINE.finditer(log):
+        metrics = {k: float(v) for k, v in re.findall(r"(\w+): ([-+0-9.eE]+)", m.group(2))}
+    run = _RUN_ID.findall(log)
+    return metrics, (run[-1] if run else None)
+
+
+def _test_scores(ckpt: Path, datalist: str, out_dir: Path, device: str) -> dict[str, float]:
+    """Mean Q_Y, FMI_pixel, Q_ABF of the checkpoint on the test split (``pipeline benchmark``)."""
+    cmd = [sys.executable, "-m", "pipeline", "benchmark", "--datalist", datalist, "--split", "test",
+           "--methods", "cnn", "--checkpoint", str(ckpt), "--metrics", ",".join(METRICS),
+           "--out", str(out_dir), "--figures", "0", "--no-mlflow", "--device", device]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    sums: dict[str, list[float]] = {m: [] for m in METRICS}
+    with open(out_dir / "results.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for m in METRICS:
+                if row.get(m) not in (None, "", "nan"):
+                    sums[m].append(float(row[m]))
+    return {m: sum(v) / len(v) for m, v in sums.items() if v}
+
+
+def run_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Train one configuration with the bundle, then score it on the test split.
+
+    Returns:
+        the row of the study table (also written to ``OUT/<name>/result.json``).
+    """
+    out_dir = Path(args.out) / name
+    done = out_dir / "result.json"
+    if done.is_file():
+        row = json.loads(done.read_text())
+        row.setdefault("lr_schedule", False)  # rows of studies before these were choices
+        row.setdefault("seed", 0)
+        return row
+    datalist = args.extra_datalist if cfg["data"] == "extra" else args.datalist
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    cmd = _bundle_args(cfg, datalist, out_dir, args.device, args.tracking_uri, name)
+    log_path = out_dir / "train.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log_fh:  # streamed, to follow a run with tail -f
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time, exact with --jobs > 1
+    wall = time.perf_counter() - t0
+    cpu = usage.ru_utime + usage.ru_stime
+    returncode = proc.returncode = os.waitstatus_to_exitcode(status)
+    log = log_path.read_text()
+    if returncode != 0:
+        raise RuntimeError(f"{name}: training failed (rc {returncode}), see {log_path}:\n" + log[-2000:])
+    val, run_id = _parse_val(log)
+    row: dict[str, Any] = {"name": name, **{k: cfg[k] for k in BASE}, "train_wall_s": round(wall, 1),
+                           "train_cpu_s": round(cpu, 1), "mlflow_run": run_id}
+    row.update({f"val_{m}": val.get(m) for m in (*METRICS, "val_ssim_alpha")})
+    if not args.no_test:
+        # the test split is the CT-MRI one in both datalists (the extra one shares its test case)
+        test = _test_scores(out_dir / "models" / "model.pt", args.datalist, out_dir / "test", args.device)
+        row.update({f"test_{m}": test.get(m) for m in METRICS})
+    done.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _fmt(v: Any, metric: bool = False) -> str:
+    if isinstance(v, float):
+        if metric:
+            return f"{v:.4f}"
+        return f"{v:g}" if abs(v) < 10 else f"{v:.0f}"
+    if isinstance(v, list):
+        return "-".join(str(x) for x in v)
+    return "" if v is None else str(v)
+
+
+def _init_store(tracking_uri: str) -> None:
+    """Create the MLflow store and experiment once, before parallel jobs write to it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name("train_study") is None:
+        client.create_experiment("train_study")
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> str:
+    """Write ``study.csv`` and ``study.md``; return the markdown table."""
+    cols = ["name", "alpha", "learning_rate", "batch_size", "patch_size", "epochs", "widths", "second_term",
+            "second_weight", "init_std", "lr_schedule", "seed", "data", "val_Q_Y", "val_FMI_pixel", "val_Q_ABF", "val_val_ssim_alpha",
+            "test_Q_Y", "test_FMI_pixel", "test_Q_ABF", "train_wall_s", "train_cpu_s", "mlflow_run"]
+    with open(out / "study.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    short = [c for c in cols if c != "mlflow_run"]
+    head = [c.replace("val_val_", "val_").replace("learning_rate", "lr").replace("second_", "2nd_") for c in short]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(short)]
+    lines += ["| " + " | ".join(_fmt(r.get(c), c.startswith(("val_", "test_"))) for c in short) + " |"
+              for r in rows]
+    text = "\n".join(lines) + "\n"
+    (out / "study.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datalist", required=True, help="CT-MRI datalist (training/validation/test by case)")
+    p.add_argument("--extra-datalist", help="datalist with the PET/SPECT pairs added to training (data: extra)")
+    p.add_argument("--out", required=True, help="study folder")
+    p.add_argument("--device", default="cpu", help="torch device of training and test (cpu, cuda:0)")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--only", help="comma-separated configuration names of the preset")
+    p.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every configuration's epochs")
+    p.add_argument("--jobs", type=int, default=1, help="configurations trained at once")
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per job (0: leave as is)")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default sqlite:///OUT/mlruns.db)")
+    p.add_argument("--no-test", action="store_true", help="skip the test-split benchmark")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    args.tracking_uri = args.tracking_uri or f"sqlite:///{(out / 'mlruns.db').resolve()}"
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    configs = configurations(args.preset, only, args.epoch_scale)
+    if not args.extra_datalist:
+        skipped = [n for n, c in configs.items() if c["data"] == "extra"]
+        if skipped:
+            print(f"skipping {skipped}: they need --extra-datalist", flush=True)
+        configs = {n: c for n, c in configs.items() if c["data"] != "extra"}
+    _init_store(args.tracking_uri)
+    rows: dict[str, dict[str, Any]] = {}
+    failed = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_config, n, c, args): n for n, c in configs.items()}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                row = fut.result()
+            except RuntimeError as err:  # one failed configuration must not lose the others
+                print(f"FAILED {futures[fut]}: {err}", flush=True)
+                failed += 1
+                continue
+            rows[row["name"]] = row
+            print(f"done {row['name']}: val {[row.get('val_' + m) for m in METRICS]} "
+                  f"test {[row.get('test_' + m) for m in METRICS]} {row['train_wall_s']} s", flush=True)
+    # every finished configuration in the folder, so that partial reruns still give the whole table
+    for done in sorted(out.glob("*/result.json")):
+        row = json.loads(done.read_text())
+        row.setdefault("lr_schedule", False)  # rows of studies before these were choices
+        row.setdefault("seed", 0)
+        rows.setdefault(row["name"], row)
+    order = {n: i for i, n in enumerate(PRESETS[args.preset])}
+    print(write_table(sorted(rows.values(), key=lambda r: order.get(r["name"], len(order))), out))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
