@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, so that pip takes the CPU build (set TORCH_SPEC for another build, e.g. a CUDA one)
 TORCH_SPEC ?= torch==2.13.0
 DEMO ?= runs/demo
-DEMO_EPOCHS ?= 10
+DEMO_EPOCHS ?= 60
 
 .PHONY: install demo test mlflow-ui clean-demo
 
@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/python -m data_prep demo $(DEMO)/data --overwrite
 	$(BIN)/python -m monai.bundle run training \
 		--config_file bundles/ssim_fusion/configs/train.yaml \
-		--datalist $(DEMO)/data/datalist.json --output_dir $(DEMO)/train --epochs $(DEMO_EPOCHS) --tracking mlflow
+		--datalist $(DEMO)/data/datalist.json --output_dir $(DEMO)/train --epochs $(DEMO_EPOCHS) --val_interval 10 --tracking mlflow
 	$(BIN)/python -m monai.bundle run inference \
 		--config_file bundles/ssim_fusion/configs/inference.yaml \
 		--ckpt_path $(DEMO)/train/models/model.pt \

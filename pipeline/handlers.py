@@ -73,6 +73,7 @@ class SSIMAlphaTermsHandler:
         self.logger = logging.getLogger(name)
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._seen_count = getattr(loss, "forward_count", None)  # loss passes already reported
         self.last: dict[str, float] = {}  #: the latest iteration's values
         self.last_epoch: dict[str, float] = {}  #: the latest epoch's means
 
@@ -85,6 +86,7 @@ class SSIMAlphaTermsHandler:
 
     def reset(self, engine: Engine | None = None) -> None:
         self._sums, self._count = {}, 0
+        self._seen_count = getattr(self.loss, "forward_count", None)
 
     def compute(self, output: Any) -> dict[str, float]:
         """The terms of one engine output, as ``{"{term}_{source}": value}``."""
@@ -96,8 +98,18 @@ class SSIMAlphaTermsHandler:
         terms = self.loss.terms(pred.detach().float(), src.detach().float())
         return {f"{t}_{s}": float(terms[t][i]) for t in TERMS for i, s in enumerate(self.source_names)}
 
+    def _terms_of_this_iteration(self, engine: Engine) -> dict[str, float]:
+        """The loss's own terms of this iteration's forward pass when it ran one, else a fresh pass."""
+        count = getattr(self.loss, "forward_count", None)
+        cached = getattr(self.loss, "last_terms", None)
+        if cached is not None and count is not None and count != self._seen_count:
+            self._seen_count = count
+            table = torch.stack([cached[t].float() for t in TERMS]).tolist()  # one device sync
+            return {f"{t}_{s}": table[j][i] for j, t in enumerate(TERMS) for i, s in enumerate(self.source_names)}
+        return self.compute(engine.state.output)
+
     def iteration_completed(self, engine: Engine) -> None:
-        values = self.compute(engine.state.output)
+        values = self._terms_of_this_iteration(engine)
         self.last = values
         for k, v in values.items():
             self._sums[k] = self._sums.get(k, 0.0) + v

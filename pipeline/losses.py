@@ -167,6 +167,9 @@ class SSIMAlphaLoss(_Loss):
             raise ValueError(f"SSIMAlphaLoss: weights must be non-negative with a positive sum, "
                              f"got {weights}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        #: l, c, s and SSIM_alpha means per source of the last forward pass, and how many passes ran
+        self.last_terms: dict[str, torch.Tensor] | None = None
+        self.forward_count = 0
         self.win_size, self.sigma = int(win_size), float(sigma)
         self.k1, self.k2, self.data_range = float(k1), float(k2), float(data_range)
         self.c1 = (self.k1 * self.data_range) ** 2
@@ -239,6 +242,10 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             ``(N, S, H - win + 1, W - win + 1)`` maps.
         """
+        return self._ssim_map_and_terms(fused, sources)[0]
+
+    def _ssim_map_and_terms(self, fused: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The SSIM_alpha maps and the l, c, s maps they were made of (one pass over the images)."""
         self._check(fused, sources)
         m = self._maps(fused, sources)
         lum = signed_power(m["l"], self.alpha)
@@ -247,7 +254,14 @@ class SSIMAlphaLoss(_Loss):
             con_struct = con_struct * m["c"].pow(self.beta - self.gamma)
         out = lum * con_struct
         # negative luminance agreement times anti-correlated structure must not score as agreement
-        return torch.where((lum < 0) & (con_struct < 0), -out, out)
+        return torch.where((lum < 0) & (con_struct < 0), -out, out), m
+
+    @staticmethod
+    def _term_means(ssim_map: torch.Tensor, m: dict) -> dict[str, torch.Tensor]:
+        out = {name: m[key].detach().mean(dim=(0, 2, 3)) for name, key in
+               (("luminance", "l"), ("contrast", "c"), ("structure", "s"))}
+        out["ssim_alpha"] = ssim_map.detach().mean(dim=(0, 2, 3))
+        return out
 
     def ssim_per_source(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Mean SSIM_alpha per image and source, ``(N, S)``."""
@@ -255,8 +269,10 @@ class SSIMAlphaLoss(_Loss):
 
     def ssim(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Weighted mean SSIM_alpha over the sources, per image, ``(N,)`` (``1 - ssim`` is the loss)."""
-        w = torch.tensor(self.weights, dtype=torch.float64).to(fused.device)
-        per = self.ssim_per_source(fused, sources)
+        return self._weighted(self.ssim_per_source(fused, sources))
+
+    def _weighted(self, per: torch.Tensor) -> torch.Tensor:
+        w = torch.tensor(self.weights, dtype=torch.float64).to(per.device)
         return (per * w.to(per.dtype)).sum(dim=1) / w.sum().to(per.dtype)
 
     def second(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -297,7 +313,11 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             scalar tensor (float32 or wider).
         """
-        loss = 1.0 - self.ssim(fused, sources).mean()
+        ssim_map, m = self._ssim_map_and_terms(fused, sources)
+        # the terms of this pass, kept for SSIMAlphaTermsHandler so that logging costs no second pass
+        self.last_terms = self._term_means(ssim_map, m)
+        self.forward_count += 1
+        loss = 1.0 - self._weighted(ssim_map.mean(dim=(2, 3))).mean()
         if self._second_parts and self.second_weight > 0:
             loss = loss + self.second_weight * self.second(fused, sources).mean()
         return loss
@@ -314,9 +334,4 @@ class SSIMAlphaLoss(_Loss):
             ``{"luminance": (S,), "contrast": (S,), "structure": (S,), "ssim_alpha": (S,)}``, each
             averaged over the batch and the map.
         """
-        self._check(fused, sources)
-        m = self._maps(fused.detach(), sources.detach())
-        out = {name: m[key].mean(dim=(0, 2, 3)) for name, key in
-               (("luminance", "l"), ("contrast", "c"), ("structure", "s"))}
-        out["ssim_alpha"] = self.ssim_map(fused.detach(), sources.detach()).mean(dim=(0, 2, 3))
-        return out
+        return self._term_means(*self._ssim_map_and_terms(fused.detach(), sources.detach()))

@@ -117,9 +117,10 @@ def test_training_run_is_tracked_in_mlflow(trained: dict) -> None:
     assert run.info.status == "FINISHED"
     p = run.data.params
     for key, value in {"epochs": "2", "batch_size": "4", "patch_size": "32", "alpha": "4.0", "seed": "0",
-                       "learning_rate": "0.001", "widths": "16,32,32,16", "device": "cpu",
+                       "learning_rate": "0.005", "widths": "16,32,32,16", "device": "cpu",
                        "output_dir": str(trained["out"]), "datalist": str(trained["datalist"]),
-                       "device_type": "cpu", "cuda_version": "none", "amp": "False"}.items():
+                       "device_type": "cpu", "cuda_version": "none", "amp": "False",
+                       "second_term": "none", "second_weight": "0.0"}.items():
         assert p[key] == value, key
     import hashlib
 

@@ -169,3 +169,33 @@ def test_ssim_alpha_metric() -> None:
     assert metric.compute() == pytest.approx(float(np.mean(expected)), abs=1e-6)
     with pytest.raises(ValueError, match="cannot find pred"):
         pred_and_sources(42)
+
+
+def test_terms_handler_reads_the_loss_pass_of_the_iteration_instead_of_recomputing() -> None:
+    """After a training step the handler reports the terms the loss computed in that very pass."""
+    import torch
+    from ignite.engine import Engine
+
+    from pipeline.handlers import SSIMAlphaTermsHandler
+    from pipeline.losses import SSIMAlphaLoss
+
+    torch.manual_seed(0)
+    loss = SSIMAlphaLoss()
+    sources = torch.rand(2, 2, 32, 32)
+    fused = torch.rand(2, 1, 32, 32, requires_grad=True)
+    handler = SSIMAlphaTermsHandler(loss, iteration_log=False)
+    engine = Engine(lambda e, b: None)
+    engine.state.output = {"pred": fused, "label": sources}
+    loss(fused, sources)
+    calls = []
+    original = loss._maps
+    loss._maps = lambda *a: calls.append(1) or original(*a)  # count any second pass
+    handler.iteration_completed(engine)
+    assert calls == []
+    expected = SSIMAlphaLoss().terms(fused.detach(), sources)
+    for i, s in enumerate(("a", "b")):
+        for t in ("luminance", "contrast", "structure", "ssim_alpha"):
+            assert abs(handler.last[f"{t}_{s}"] - float(expected[t][i])) < 1e-6
+    # no new forward pass since: the handler computes the terms itself
+    handler.iteration_completed(engine)
+    assert calls == [1]
