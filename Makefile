@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, so that pip takes the CPU build (set TORCH_SPEC for another build, e.g. a CUDA one)
 TORCH_SPEC ?= torch==2.13.0
 DEMO ?= runs/demo
-DEMO_EPOCHS ?= 60
+DEMO_EPOCHS ?= 40
 
 .PHONY: install demo test mlflow-ui clean-demo
 
