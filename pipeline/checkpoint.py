@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from pipeline.distributed import get_rank, get_world_size, is_distributed, is_main_process, unwrap
-from pipeline.inference import CheckpointError
+from pipeline.io import CheckpointError, load_checkpoint
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -283,47 +281,8 @@ def training_state(
 # ---------------------------------------------------------------- loading
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint dict, read with ``torch.load(weights_only=True)``; every failure is a clear error.
-
-    Args:
-        path: the ``.pt`` file.
-        map_location: as in ``torch.load``.
-
-    Returns:
-        the loaded dict.
-
-    Raises:
-        CheckpointError: missing file, truncated or corrupt file, a file that needs arbitrary
-            code to unpickle (refused), or not a dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from. Check --output_dir (latest.pt is "
-                              "written to <output_dir>/models after each epoch), or start a new training "
-                              "without --resume True")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = [line.strip() for line in str(err).splitlines() if "global" in line.lower() and "weights_only" not in line]
-        if found:  # the weights-only unpickler met a class or function: code would run on a plain load
-            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers "
-                                  f"({found[0][:200]}), which weights_only loading does not run. Only use "
-                                  "checkpoints you trust; re-create it with this bundle") from err
-        raise CheckpointError(_corrupt(path, err)) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(_corrupt(path, err)) from err
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict. Resume from a "
-                              "latest.pt written by the training bundle")
-    return obj
-
-
-def _corrupt(path: Path, err: BaseException) -> str:
-    first = (str(err).strip().splitlines() or [""])[0][:200]
-    return (f"{path}: truncated or corrupt ({type(err).__name__}: {first}). It was not written whole (this "
-            "bundle's saver writes atomically); delete it and resume from another copy, or start a new "
-            "training without --resume True")
+_RESUME_MISSING = ("no checkpoint to resume from. Check --output_dir (latest.pt is written to "
+                   "<output_dir>/models after each epoch), or start a new training without --resume True")
 
 
 def _architecture_error(path: Path, saved: Mapping[str, torch.Tensor], model: torch.nn.Module) -> str | None:
@@ -393,7 +352,7 @@ class ResumeLoader:
         Raises:
             CheckpointError: see the class.
         """
-        ckpt = load_checkpoint(self.load_path, self.map_location)
+        ckpt = load_checkpoint(self.load_path, self.map_location, missing=_RESUME_MISSING)
         missing = [k for k in REQUIRED_RESUME_KEYS if k in self.load_dict and k not in ckpt]
         if missing:
             raise CheckpointError(f"{self.load_path}: is not a resumable training checkpoint (no {missing}; "

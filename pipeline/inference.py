@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.colour import fuse_with_colour
-from pipeline.io import read_pair, write_png
+from pipeline.io import CheckpointError, load_checkpoint, read_pair, write_png
 from pipeline.networks import FusionNet, inference_network, widths_from_state_dict
 
 __all__ = [
@@ -50,10 +50,6 @@ DEFAULT_BATCH_SIZE: int | None = None
 IMAGE_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for this network; the message names the file and the fix."""
-
-
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The network weights in a checkpoint: a plain state dict (``model.pt``) or ``{"model": ...}``
     (the resumable ``latest.pt``).
@@ -61,21 +57,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: missing, unreadable, or holding no network weights.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint. Train the bundle (python -m monai.bundle run "
-                              "training --config_file bundles/ssim_fusion/configs/train.yaml) and copy its "
-                              "best models/model.pt there, or pass --ckpt_path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path}: cannot be loaded as a PyTorch checkpoint "
-                              f"({type(err).__name__}: {err}). Re-create it or point to another "
-                              "file") from err
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    obj = load_checkpoint(path, "cpu", missing=(
+        "no such checkpoint. Train the bundle (python -m monai.bundle run training --config_file "
+        "bundles/ssim_fusion/configs/train.yaml) and copy its best models/model.pt there, or pass --ckpt_path"))
+    if "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no network state dict (got {type(obj).__name__}). "
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no network state dict. "
                               "Use the bundle's models/model.pt or a latest.pt from training")
     return obj
 

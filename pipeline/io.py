@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import io as _io
 import os
+import pickle
 import struct
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +31,8 @@ __all__ = [
     "write_png",
     "atomic_write_bytes",
     "is_colour",
+    "CheckpointError",
+    "load_checkpoint",
 ]
 
 #: Largest image (in pixels) a reader accepts: a guard against decompression bombs. Slices are
@@ -206,3 +210,52 @@ def write_png(path: str | os.PathLike, image: np.ndarray, *, durable: bool = Tru
     buf = _io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue(), durable=durable)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: object = "cpu",
+                    missing: str = "no such checkpoint") -> dict:
+    """A checkpoint dict, read with ``torch.load(weights_only=True)``; every failure is a clear error.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: as in ``torch.load``.
+        missing: what to tell the user when the file does not exist (the fix depends on the caller).
+
+    Returns:
+        the loaded dict.
+
+    Raises:
+        CheckpointError: missing file, truncated or corrupt file, a file that needs arbitrary code
+            to unpickle (refused), or not a dict.
+    """
+    import torch  # only checkpoint users pay for it
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [ln.strip() for ln in str(err).splitlines() if "global" in ln.lower() and "weights_only" not in ln]
+        if found:  # the weights-only unpickler met a class or function: code would run on a plain load
+            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers "
+                                  f"({found[0][:200]}), which weights_only loading does not run. Only use "
+                                  "checkpoints you trust; re-create it with this bundle") from err
+        raise CheckpointError(_corrupt_checkpoint(path, err)) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(_corrupt_checkpoint(path, err)) from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict. Use a "
+                              "models/model.pt or latest.pt written by the training bundle")
+    return obj
+
+
+def _corrupt_checkpoint(path: Path, err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return (f"{path}: cannot be loaded: truncated or corrupt ({type(err).__name__}: {first}). It was not "
+            "written whole (the bundle's saver writes atomically); delete it and use another copy, or train "
+            "again (for a resume: start without --resume True)")
