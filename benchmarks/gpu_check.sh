@@ -8,11 +8,7 @@
 set -uo pipefail
 out=${1:-runs/gpu_check}
 mkdir -p "$out"
-if [ -n "${WHEELS:-}" ] && [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, monai, ignite, mlflow; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__, 'ignite', ignite.__version__, 'mlflow', mlflow.__version__, 'gpu', torch.cuda.get_device_name(0))"
 datalist=${DATALIST:-data/harvard_ctmri/datalist.json}

@@ -5,11 +5,7 @@
 set -uo pipefail
 out=${1:-runs/gpu_study}
 mkdir -p "$out"
-if [ -n "${WHEELS:-}" ] && [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout 120 python3 benchmarks/bench_training.py --device cuda:0 --attribution 2>&1 | tee "$out/bench_training.txt"
 timeout 90 python3 benchmarks/bench_inference.py --device cuda:0 --no-baselines --no-compile 2>&1 | tee "$out/bench_inference.txt"
