@@ -25,3 +25,15 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three 64x64 uint8 images with structure (smoothed noise + an edge), for metric properties."""
+    out = []
+    for _ in range(3):
+        x = rng.integers(0, 256, (64, 64)).astype(float)
+        x = (x + np.roll(x, 1, 0) + np.roll(x, 1, 1)) / 3
+        x[:, 32:] = np.clip(x[:, 32:] + 40, 0, 255)
+        out.append(np.round(x).astype(np.uint8))
+    return tuple(out)

@@ -43,17 +43,6 @@ def _flat_pairs_of_unequal_sources(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture
-def texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    out = []
-    for _ in range(3):
-        x = rng.integers(0, 256, (64, 64)).astype(float)
-        x = (x + np.roll(x, 1, 0) + np.roll(x, 1, 1)) / 3
-        x[:, 32:] = np.clip(x[:, 32:] + 40, 0, 255)
-        out.append(np.round(x).astype(np.uint8))
-    return tuple(out)
-
-
-@pytest.fixture
 def black_slice(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 64x64 'CT/MR slice': anatomy in the middle, exact-zero background around it."""
     a = np.zeros((64, 64), np.uint8)

@@ -86,17 +86,7 @@ def _trained_like(widths: tuple[int, ...] = (6, 8, 8, 6), seed: int = 1) -> Fusi
 
 
 def test_fold_batch_norm_equals_eval_network() -> None:
-    torch.manual_seed(1)
-    net = FusionNet(widths=(6, 8, 8, 6))
-    for m in net.modules():  # non-trivial statistics, as after training
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-        elif isinstance(m, nn.Conv2d):
-            m.weight.data.normal_(0, 0.3)
-    net.eval()
+    net = _trained_like()  # non-trivial weights, biases and statistics, as after training
     folded = fold_batch_norm(net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.rand(2, 2, 20, 24)
