@@ -50,53 +50,48 @@ METRICS = ("Q_Y", "FMI_pixel", "Q_ABF")
 #: Hyperparameters of every configuration unless it overrides them (bundle config ids).
 BASE: dict[str, Any] = {
     "alpha": 4.0, "learning_rate": 0.005, "batch_size": 8, "patch_size": 64, "epochs": 60,
-    "widths": [16, 32, 32, 16], "second_term": "none", "second_weight": 0.0, "init_std": 0.001,
-    "lr_schedule": False, "seed": 0, "data": "ctmri",
+    "widths": [16, 32, 32, 16], "source_weights": [0.5, 0.5], "second_term": "none", "second_weight": 0.0,
+    "clip_output": True, "init_std": 0.001, "lr_schedule": False, "seed": 0, "data": "ctmri",
 }
 
+_VAR = {"source_weights": "variance"}
+_VAR_GM4 = {**_VAR, "second_term": "gradient+mean", "second_weight": 4.0}
+
 #: Named studies: configuration name -> overrides of BASE (``epochs`` scaled by ``--epoch-scale``).
+#: At 60 epochs a configuration sees the 110 CT-MRI training pairs 60 times (840 batches of 8).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
-        # the thesis's loss (alpha 4) at the learning rate that escapes the black start
+        # the thesis's loss on the raw output, and scored on the clipped output that inference ships
+        "thesis": {"clip_output": False},
+        "thesis_seed1": {"clip_output": False, "seed": 1},
+        "thesis_seed2": {"clip_output": False, "seed": 2},
         "base": {},
-        "lr1e-3": {"learning_rate": 0.001},
-        "lr2e-2": {"learning_rate": 0.02},
+        "base_seed1": {"seed": 1},
+        "base_seed2": {"seed": 2},
+        # what the thesis left open, one at a time around base (each sees the same 60 epochs)
         "alpha1": {"alpha": 1.0},
         "alpha2": {"alpha": 2.0},
         "alpha8": {"alpha": 8.0},
-        "init0.05": {"init_std": 0.05},
-        "wide": {"widths": [32, 64, 64, 32]},
+        "lr1e-3": {"learning_rate": 0.001},
+        "lr2e-2": {"learning_rate": 0.02},
         "narrow": {"widths": [8, 16, 16, 8]},
-        "patch128": {"patch_size": 128, "batch_size": 2},
+        "wide": {"widths": [32, 64, 64, 32]},
+        "patch128": {"patch_size": 128},
         "batch2": {"batch_size": 2},
-        "batch32": {"batch_size": 32, "epochs": 120},
-        "epochs120": {"epochs": 120},
-        "grad1": {"second_term": "gradient", "second_weight": 1.0},
-        "grad4": {"second_term": "gradient", "second_weight": 4.0},
-        "intensity1": {"second_term": "intensity", "second_weight": 1.0},
-        # the same number of iterations on 6x the training pairs
-        "extra": {"data": "extra", "epochs": 10},
-        # second round: around the best of the first
-        "grad2": {"second_term": "gradient", "second_weight": 2.0},
-        "grad1_cos": {"second_term": "gradient", "second_weight": 1.0, "lr_schedule": True},
-        "grad1_cos120": {"second_term": "gradient", "second_weight": 1.0, "lr_schedule": True, "epochs": 120},
-        "grad1_p128": {"second_term": "gradient", "second_weight": 1.0, "patch_size": 128, "batch_size": 2},
-        "grad1_extra": {"second_term": "gradient", "second_weight": 1.0, "data": "extra", "epochs": 10},
-        "grad1_wide": {"second_term": "gradient", "second_weight": 1.0, "widths": [32, 64, 64, 32]},
-        "gradmean1": {"second_term": "gradient+mean", "second_weight": 1.0},
-        "gradmean2": {"second_term": "gradient+mean", "second_weight": 2.0},
-        # cosine decay: batch-norm running statistics then match the final weights (see the model card)
-        "gradmean2_cos": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True},
-        "gradmean4_cos": {"second_term": "gradient+mean", "second_weight": 4.0, "lr_schedule": True},
-        "gradmean2_cos_extra": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True,
-                                "data": "extra", "epochs": 10},
-        "gradmean3": {"second_term": "gradient+mean", "second_weight": 3.0},
-        "gradmean2_extra": {"second_term": "gradient+mean", "second_weight": 2.0, "data": "extra", "epochs": 10},
-        # seed repeats of the two best: how much of a difference is noise
-        "gradmean2_seed1": {"second_term": "gradient+mean", "second_weight": 2.0, "seed": 1},
-        "gradmean3_seed1": {"second_term": "gradient+mean", "second_weight": 3.0, "seed": 1},
-        "gradmean2_cos120": {"second_term": "gradient+mean", "second_weight": 2.0, "lr_schedule": True,
-                             "epochs": 120},
+        "batch32": {"batch_size": 32},
+        "epochs240": {"epochs": 240},
+        # loss variants: per-window source weights, second terms
+        "variance": _VAR,
+        "gradmean4": {"second_term": "gradient+mean", "second_weight": 4.0},
+        "var_gradmean4": _VAR_GM4,
+        "var_sgrad2": {**_VAR, "second_term": "sgradient", "second_weight": 2.0},
+        "var_grad_fine4": {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0},
+        # the chosen loss, longer, with seed repeats, and with the PET/SPECT pairs' Y channels
+        # (40 epochs of 672 pairs = the batches of 240 CT-MRI epochs)
+        "var_gradmean4_e240": {**_VAR_GM4, "epochs": 240},
+        "var_gradmean4_e240_seed1": {**_VAR_GM4, "epochs": 240, "seed": 1},
+        "var_gradmean4_e240_seed2": {**_VAR_GM4, "epochs": 240, "seed": 2},
+        "var_gradmean4_extra": {**_VAR_GM4, "data": "extra", "epochs": 40},
     },
 }
 PRESETS["gpu"] = {name: {**cfg, "epochs": cfg.get("epochs", BASE["epochs"]) * 4,
@@ -126,13 +121,15 @@ def _bundle_args(cfg: dict[str, Any], datalist: str, out_dir: Path, device: str,
                  name: str) -> list[str]:
     args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG),
             "--datalist", datalist, "--output_dir", str(out_dir.resolve()), "--device", device,
-            "--val_interval", str(cfg["epochs"]),  # one validation, at the end: validation costs as much as training
+            "--val_interval", str(max(1, cfg["epochs"] // 4)),  # four validations: model.pt is the best of them
             "--progress_bar", "False", "--tracking", "mlflow", "--tracking_uri", tracking_uri,
             "--experiment_name", "train_study", "--run_name", name]
     for key in ("alpha", "learning_rate", "batch_size", "patch_size", "epochs", "second_term", "second_weight",
-                "lr_schedule", "seed"):
+                "clip_output", "lr_schedule", "seed"):
         args += [f"--{key}", str(cfg[key])]
-    args += ["--widths", json.dumps(cfg["widths"]), "--network_def#init_std", str(cfg["init_std"])]
+    weights = cfg["source_weights"]
+    args += ["--widths", json.dumps(cfg["widths"]), "--network_def#init_std", str(cfg["init_std"]),
+             "--source_weights", weights if isinstance(weights, str) else json.dumps(weights)]
     return args
 
 
@@ -160,6 +157,14 @@ def _test_scores(ckpt: Path, datalist: str, out_dir: Path, device: str) -> dict[
     return {m: sum(v) / len(v) for m, v in sums.items() if v}
 
 
+def _load_row(path: Path) -> dict[str, Any]:
+    """A finished configuration's row; rows of studies before a setting existed get its old value."""
+    row = json.loads(path.read_text())
+    for key, old in (("lr_schedule", False), ("seed", 0), ("source_weights", [0.5, 0.5]), ("clip_output", False)):
+        row.setdefault(key, old)
+    return row
+
+
 def run_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Train one configuration with the bundle, then score it on the test split.
 
@@ -169,10 +174,7 @@ def run_config(name: str, cfg: dict[str, Any], args: argparse.Namespace) -> dict
     out_dir = Path(args.out) / name
     done = out_dir / "result.json"
     if done.is_file():
-        row = json.loads(done.read_text())
-        row.setdefault("lr_schedule", False)  # rows of studies before these were choices
-        row.setdefault("seed", 0)
-        return row
+        return _load_row(done)
     datalist = args.extra_datalist if cfg["data"] == "extra" else args.datalist
     out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -223,15 +225,16 @@ def _init_store(tracking_uri: str) -> None:
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     """Write ``study.csv`` and ``study.md``; return the markdown table."""
-    cols = ["name", "alpha", "learning_rate", "batch_size", "patch_size", "epochs", "widths", "second_term",
-            "second_weight", "init_std", "lr_schedule", "seed", "data", "val_Q_Y", "val_FMI_pixel", "val_Q_ABF", "val_val_ssim_alpha",
+    cols = ["name", "alpha", "learning_rate", "batch_size", "patch_size", "epochs", "widths", "source_weights",
+            "second_term", "second_weight", "clip_output", "init_std", "lr_schedule", "seed", "data", "val_Q_Y", "val_FMI_pixel", "val_Q_ABF", "val_val_ssim_alpha",
             "test_Q_Y", "test_FMI_pixel", "test_Q_ABF", "train_wall_s", "train_cpu_s", "mlflow_run"]
     with open(out / "study.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     short = [c for c in cols if c != "mlflow_run"]
-    head = [c.replace("val_val_", "val_").replace("learning_rate", "lr").replace("second_", "2nd_") for c in short]
+    head = [c.replace("val_val_", "val_").replace("learning_rate", "lr").replace("second_", "2nd_")
+            .replace("source_weights", "weights").replace("clip_output", "clip") for c in short]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(short)]
     lines += ["| " + " | ".join(_fmt(r.get(c), c.startswith(("val_", "test_"))) for c in short) + " |"
               for r in rows]
@@ -282,9 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"test {[row.get('test_' + m) for m in METRICS]} {row['train_wall_s']} s", flush=True)
     # every finished configuration in the folder, so that partial reruns still give the whole table
     for done in sorted(out.glob("*/result.json")):
-        row = json.loads(done.read_text())
-        row.setdefault("lr_schedule", False)  # rows of studies before these were choices
-        row.setdefault("seed", 0)
+        row = _load_row(done)
         rows.setdefault(row["name"], row)
     order = {n: i for i, n in enumerate(PRESETS[args.preset])}
     print(write_table(sorted(rows.values(), key=lambda r: order.get(r["name"], len(order))), out))

@@ -41,6 +41,16 @@ SSIM-alpha loss:
   ``|grad| = |G_x| + |G_y|`` (3x3 Sobel, 'valid' border). It asks every edge of either source to
   appear in the fused image at its full strength, which SSIM against each source separately does
   not: SSIM-alpha is maximised by a compromise that halves an edge present in one source only.
+- ``"sgradient"`` (pattern preservation): the mean absolute difference between the Sobel
+  derivatives ``(G_x, G_y)`` of the fused image and those of the source whose gradient is the
+  larger at that pixel, signs kept: ``mean |G_x F - G_x S_k| + |G_y F - G_y S_k|`` with
+  ``k = argmax_i |grad S_i|``. Unlike ``"gradient"`` (magnitudes only) it asks for the dominant
+  source's pixel-level pattern, which the 3x3 windows of FMI score.
+- ``"fine"`` (pixel-scale structure): ``mean (1 - sum_i w_i cs_i)`` where ``cs_i`` is SSIM's
+  contrast-structure factor of F against source i over *3x3 uniform* windows and ``w_i`` that
+  source's share of the 3x3 variance. The 11x11 Gaussian SSIM barely sees a pattern of a few
+  pixels; this term asks F to follow the locally dominant source pixel by pixel (the scale at
+  which FMI compares images).
 - ``"intensity"``: ``mean | F - max_i S_i |``, which keeps the brighter source's intensity (bone in
   CT, tracer in PET/SPECT) where an average would dim it.
 - ``"mean"``: ``mean | F - mean_i S_i |``, an intensity anchor on the sources' average; it keeps
@@ -48,6 +58,21 @@ SSIM-alpha loss:
   (``l = C1 / (mu_F^2 + C1)`` is flat in ``mu_F`` once a dark background has drifted grey).
 
 Terms combine with ``+`` (``"gradient+mean"``: their sum, times ``second_weight``).
+
+Clipping (``clip=True``). The fused image that inference writes is the network output clipped to
+[0, 1], so with ``clip`` the SSIM_alpha term scores that clipped image. Without it the optimum on a
+black background is an output of exactly 0, a knife edge: any drift above 0 shows as grey (and
+``l^alpha`` has almost no gradient to bring a grey background back), while any value below 0 is
+clipped away for free. Scored clipped, the background settles below 0 with a margin. The second
+term still sees the raw output, so a pixel clipped to 0 inside the head keeps a gradient back.
+
+Source weights. The thesis weighs the two sources equally everywhere (``weights=(0.5, 0.5)``), so
+where one source has structure and the other is flat (a skull edge in CT over the MRI's dark
+background) the optimum halves the edge. ``weights="variance"`` weighs the SSIM_alpha maps window
+by window with each source's share of the local variance, ``w_i = sigma_i^2 / sum_j sigma_j^2``
+(equal weights where every source is flat, local std below 1e-3 of the range), the saliency rule of Yang's fusion metric Q_Y (Yang et
+al. 2008): the fused image then keeps the full structure of whichever source carries it. The
+weights are computed from the sources alone and carry no gradient.
 """
 
 from __future__ import annotations
@@ -58,10 +83,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "gaussian_window", "signed_power", "sobel_magnitude"]
+__all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "gaussian_window", "signed_power", "sobel_gradients", "sobel_magnitude"]
 
 #: Names of the optional second loss term (``"none"``: the thesis's SSIM-alpha loss alone).
-SECOND_TERMS = ("none", "gradient", "intensity", "mean")
+SECOND_TERMS = ("none", "gradient", "intensity", "mean", "sgradient", "fine")
 
 
 def gaussian_window(win_size: int, sigma: float, dtype: torch.dtype = torch.float32,
@@ -98,6 +123,22 @@ def signed_power(t: torch.Tensor, p: float) -> torch.Tensor:
     return torch.sign(t) * t.abs().pow(p)
 
 
+def sobel_gradients(images: torch.Tensor) -> torch.Tensor:
+    """Sobel derivatives ``(G_x, G_y)`` of every channel, 'valid' border.
+
+    Args:
+        images: ``(N, C, H, W)`` float images (H, W >= 3).
+
+    Returns:
+        ``(N, C, 2, H - 2, W - 2)``: d/dx then d/dy.
+    """
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
+                      device=images.device)
+    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
+    n, c, h, w = images.shape
+    return F.conv2d(images.reshape(n * c, 1, h, w), kernels).reshape(n, c, 2, h - 2, w - 2)
+
+
 def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
     """L1 Sobel gradient magnitude ``|G_x| + |G_y|`` of every channel, 'valid' border.
 
@@ -107,12 +148,7 @@ def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, C, H - 2, W - 2)``; 0 on flat regions, at most 8 for images in [0, 1].
     """
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
-                      device=images.device)
-    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx and d/dy
-    n, c, h, w = images.shape
-    grads = F.conv2d(images.reshape(n * c, 1, h, w), kernels)
-    return grads.abs().sum(dim=1).reshape(n, c, h - 2, w - 2)
+    return sobel_gradients(images).abs().sum(dim=2)
 
 
 class SSIMAlphaLoss(_Loss):
@@ -131,10 +167,13 @@ class SSIMAlphaLoss(_Loss):
         k1: luminance constant, ``C1 = (k1 * data_range) ** 2``.
         k2: contrast constant, ``C2 = (k2 * data_range) ** 2``; ``C3 = C2 / 2``.
         data_range: dynamic range of the images (1.0 for the library's [0, 1] images).
-        weights: weight of each source in the mean (normalised by their sum).
+        weights: weight of each source in the mean (normalised by their sum), or ``"variance"``:
+            per-window weights from the sources' local variances (see the module docstring).
         second_term: optional added term, one of :data:`SECOND_TERMS` or a ``+`` combination
             (see the module docstring); ``"none"`` (default) is the thesis's loss.
         second_weight: factor of the second term (ignored for ``"none"``).
+        clip: score the fused image clipped to [0, 1] (what inference ships) in the SSIM_alpha term;
+            the second term still sees the raw output (see the module docstring).
 
     Raises:
         ValueError: bad parameters (non-positive window, sigma or range, negative or all-zero
@@ -151,9 +190,10 @@ class SSIMAlphaLoss(_Loss):
         k1: float = 0.01,
         k2: float = 0.03,
         data_range: float = 1.0,
-        weights: Sequence[float] = (0.5, 0.5),
+        weights: Sequence[float] | str = (0.5, 0.5),
         second_term: str = "none",
         second_weight: float = 0.0,
+        clip: bool = False,
     ) -> None:
         super().__init__()
         if win_size < 1 or sigma <= 0 or data_range <= 0:
@@ -162,7 +202,11 @@ class SSIMAlphaLoss(_Loss):
         if min(alpha, beta, gamma) < 0:
             raise ValueError(f"SSIMAlphaLoss: exponents must be >= 0, got alpha={alpha}, beta={beta}, "
                              f"gamma={gamma}")
-        w = [float(x) for x in weights]
+        #: True for ``weights="variance"`` (per-window weights from the sources' local variances)
+        self.adaptive = isinstance(weights, str)
+        if self.adaptive and weights != "variance":
+            raise ValueError(f"SSIMAlphaLoss: weights must be a sequence of numbers or 'variance', got {weights!r}")
+        w = [0.5, 0.5] if self.adaptive else [float(x) for x in weights]
         if not w or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"SSIMAlphaLoss: weights must be non-negative with a positive sum, "
                              f"got {weights}")
@@ -185,6 +229,7 @@ class SSIMAlphaLoss(_Loss):
         if second_weight < 0:
             raise ValueError(f"SSIMAlphaLoss: second_weight must be >= 0, got {second_weight}")
         self.second_term, self.second_weight = second_term, float(second_weight)
+        self.clip = bool(clip)
 
     # ---------------------------------------------------------------- local statistics
     def _check(self, fused: torch.Tensor, sources: torch.Tensor) -> None:
@@ -194,7 +239,7 @@ class SSIMAlphaLoss(_Loss):
         if fused.shape[0] != sources.shape[0] or fused.shape[2:] != sources.shape[2:]:
             raise ValueError(f"SSIMAlphaLoss: fused {tuple(fused.shape)} and sources {tuple(sources.shape)} "
                              "differ in batch size or image size")
-        if sources.shape[1] != len(self.weights):
+        if not self.adaptive and sources.shape[1] != len(self.weights):
             raise ValueError(f"SSIMAlphaLoss: {sources.shape[1]} sources but {len(self.weights)} weights; "
                              "pass one weight per source channel")
         if min(fused.shape[2:]) < self.win_size:
@@ -229,7 +274,7 @@ class SSIMAlphaLoss(_Loss):
             # keeps the derivative of sqrt finite and only matters where a window is flat.
             sxsy = torch.sqrt((var_x.clamp_min(0) * var_y.clamp_min(0)).clamp_min(1e-20))
             con = (2 * sxsy + self.c2) / denom
-            return {"l": lum, "c": con, "cs": cs, "s": cs / con}
+            return {"l": lum, "c": con, "cs": cs, "s": cs / con, "var_y": var_y.detach()}
 
     # ---------------------------------------------------------------- public API
     def ssim_map(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -263,13 +308,52 @@ class SSIMAlphaLoss(_Loss):
         out["ssim_alpha"] = ssim_map.detach().mean(dim=(0, 2, 3))
         return out
 
+    def window_weights(self, m: dict) -> torch.Tensor | None:
+        """Per-window source weights ``(N, S, H', W')`` summing to 1 over S for ``weights="variance"``,
+        else None (fixed weights)."""
+        if not self.adaptive:
+            return None
+        var = m["var_y"].clamp_min(0)
+        total = var.sum(dim=1, keepdim=True)
+        # every source flat in the window (std below 1e-3 of the range: float32 round-off of a
+        # constant is ~1e-8): equal weights
+        floor = 1e-6 * self.data_range ** 2
+        flat = total <= floor
+        return torch.where(flat, torch.full_like(var, 1.0 / var.shape[1]), var / total.clamp_min(floor))
+
+    def _fine_cs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Contrast-structure of F against each source over 3x3 uniform windows, averaged over the
+        sources with their 3x3 variance shares: ``(N, 1, H-2, W-2)``."""
+        n_src = y.shape[1]
+        box = torch.full((n_src, 1, 3, 3), 1.0 / 9, dtype=y.dtype, device=y.device)
+        xs = x.expand_as(y)
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(t, box, groups=n_src)
+
+        mx, my = blur(xs), blur(y)
+        vx, vy = blur(xs * xs) - mx * mx, (blur(y * y) - my * my).clamp_min(0)
+        cov = blur(xs * y) - mx * my
+        cs = (2 * cov + self.c2) / (vx + vy + self.c2)
+        total = vy.sum(dim=1, keepdim=True)
+        floor = 1e-6 * self.data_range ** 2
+        w = torch.where(total <= floor, torch.full_like(vy, 1.0 / n_src), vy / total.clamp_min(floor)).detach()
+        return (w * cs).sum(dim=1, keepdim=True)
+
+    def _weighted_map_mean(self, ssim_map: torch.Tensor, m: dict) -> torch.Tensor:
+        """Per image ``(N,)``: the source-weighted SSIM_alpha averaged over the map."""
+        w = self.window_weights(m)
+        if w is None:
+            return self._weighted(ssim_map.mean(dim=(2, 3)))
+        return (ssim_map * w).sum(dim=1).mean(dim=(1, 2))
+
     def ssim_per_source(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Mean SSIM_alpha per image and source, ``(N, S)``."""
         return self.ssim_map(fused, sources).mean(dim=(2, 3))
 
     def ssim(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Weighted mean SSIM_alpha over the sources, per image, ``(N,)`` (``1 - ssim`` is the loss)."""
-        return self._weighted(self.ssim_per_source(fused, sources))
+        return self._weighted_map_mean(*self._ssim_map_and_terms(fused, sources))
 
     def _weighted(self, per: torch.Tensor) -> torch.Tensor:
         w = torch.tensor(self.weights, dtype=torch.float64).to(per.device)
@@ -295,6 +379,13 @@ class SSIMAlphaLoss(_Loss):
             for part in self._second_parts:
                 if part == "gradient":
                     err = sobel_magnitude(x) - sobel_magnitude(y).amax(dim=1, keepdim=True)
+                elif part == "sgradient":
+                    gf, gs = sobel_gradients(x), sobel_gradients(y)  # (N, C, 2, H', W')
+                    pick = gs.abs().sum(dim=2, keepdim=True).argmax(dim=1, keepdim=True)
+                    target = torch.gather(gs, 1, pick.expand(-1, 1, 2, -1, -1))
+                    err = (gf - target).abs().sum(dim=2)
+                elif part == "fine":
+                    err = 1.0 - self._fine_cs(x, y)
                 elif part == "intensity":
                     err = x - y.amax(dim=1, keepdim=True)
                 else:  # "mean"
@@ -313,11 +404,11 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             scalar tensor (float32 or wider).
         """
-        ssim_map, m = self._ssim_map_and_terms(fused, sources)
+        ssim_map, m = self._ssim_map_and_terms(fused.clamp(0, 1) if self.clip else fused, sources)
         # the terms of this pass, kept for SSIMAlphaTermsHandler so that logging costs no second pass
         self.last_terms = self._term_means(ssim_map, m)
         self.forward_count += 1
-        loss = 1.0 - self._weighted(ssim_map.mean(dim=(2, 3))).mean()
+        loss = 1.0 - self._weighted_map_mean(ssim_map, m).mean()
         if self._second_parts and self.second_weight > 0:
             loss = loss + self.second_weight * self.second(fused, sources).mean()
         return loss

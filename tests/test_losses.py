@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.metrics import SSIMMetric
 
-from pipeline.losses import SSIMAlphaLoss, gaussian_window, signed_power
+from pipeline.losses import SSIMAlphaLoss, gaussian_window, signed_power, sobel_gradients
 
 
 def _images(seed: int = 0, n: int = 3, size: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +162,7 @@ def test_second_term_none_is_the_thesis_loss() -> None:
     assert torch.equal(off.second(fused, sources), torch.zeros(3))
 
 
-@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "gradient+mean"])
+@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "sgradient", "fine", "gradient+mean"])
 def test_second_term_adds_weighted_mean(term: str) -> None:
     fused, sources = _images(3)
     base = float(SSIMAlphaLoss()(fused, sources))
@@ -213,3 +213,81 @@ def test_gradient_term_gradcheck_and_autocast() -> None:
 def test_bad_second_term(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="second"):
         SSIMAlphaLoss(**kwargs)
+
+
+def test_sgradient_term_follows_the_dominant_source_with_signs() -> None:
+    a = torch.zeros(1, 1, 16, 16)
+    a[..., :, 8:] = 1.0  # vertical edge in A
+    b = torch.full((1, 1, 16, 16), 0.3)  # B flat: A dominates everywhere
+    sources = torch.cat([a, b], dim=1)
+    term = SSIMAlphaLoss(second_term="sgradient")
+    assert float(term.second(a, sources)) == 0.0
+    assert float(term.second(a + 0.25, sources)) == 0.0  # gradients ignore the level
+    # the inverted edge has the same magnitude ("gradient" does not see it) but the opposite sign
+    assert float(SSIMAlphaLoss(second_term="gradient").second(1 - a, sources)) == 0.0
+    expected = 2 * sobel_gradients(a).abs().sum(dim=2).mean()
+    assert float(term.second(1 - a, sources)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_sobel_gradients_of_a_ramp() -> None:
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None] / 8  # +1/8 per column
+    g = sobel_gradients(ramp)
+    assert g.shape == (1, 1, 2, 6, 6)
+    assert torch.allclose(g[:, :, 0], torch.ones(1, 1, 6, 6))  # (1 + 2 + 1) x 2 px x slope 1/8
+    assert torch.equal(g[:, :, 1], torch.zeros(1, 1, 6, 6))
+
+
+def test_clip_scores_the_shipped_image() -> None:
+    fused, sources = _images(5)
+    raw = fused * 1.6 - 0.3  # values below 0 and above 1
+    clipped_loss = SSIMAlphaLoss(clip=True)
+    assert float(clipped_loss(raw, sources)) == pytest.approx(float(SSIMAlphaLoss()(raw.clamp(0, 1), sources)), abs=1e-7)
+    # a negative background costs nothing when clipped (the knife edge at 0 is gone) ...
+    sources = torch.zeros(1, 2, 24, 24)
+    sources[..., 8:16, 8:16] = 0.8
+    out = torch.where(sources[:, :1] > 0, sources[:, :1], torch.full_like(sources[:, :1], -0.2)).requires_grad_()
+    clipped_loss(out, sources).backward()
+    assert float(clipped_loss(out.detach(), sources)) == pytest.approx(0.0, abs=1e-6)
+    assert float(out.grad[sources[:, :1] == 0].abs().max()) == 0.0
+    # ... a grey one does, and without clipping the negative one costs too
+    assert float(clipped_loss(out.detach().abs(), sources)) > 0.1
+    assert float(SSIMAlphaLoss()(out.detach(), sources)) > 0.1
+    # the second term sees the raw output: a pixel clipped to 0 keeps a gradient
+    mixed = SSIMAlphaLoss(clip=True, second_term="mean", second_weight=1.0)
+    inside = torch.full_like(out, -0.5).requires_grad_()
+    mixed(inside, sources).backward()
+    assert float(inside.grad[sources[:, :1] > 0].abs().min()) > 0
+
+
+def test_variance_weights_follow_the_source_with_structure() -> None:
+    fused, sources = _images(6)
+    textured_a = sources.clone()
+    textured_a[:, 1] = 0.4  # B flat everywhere: every window weighs A alone
+    adaptive = SSIMAlphaLoss(weights="variance")
+    only_a = SSIMAlphaLoss(weights=(1.0, 0.0))
+    assert float(adaptive(fused, textured_a)) == pytest.approx(float(only_a(fused, textured_a)), abs=1e-6)
+    # both flat: equal weights, as the fixed default
+    flat = torch.stack([torch.full_like(sources[:, 0], 0.2), torch.full_like(sources[:, 0], 0.6)], dim=1)
+    assert float(adaptive(fused, flat)) == pytest.approx(float(SSIMAlphaLoss()(fused, flat)), abs=1e-6)
+    # the weights sum to 1 over the sources and follow the variance share
+    _, m = adaptive._ssim_map_and_terms(fused, sources)
+    w = adaptive.window_weights(m)
+    assert torch.allclose(w.sum(dim=1), torch.ones_like(w[:, 0]))
+    var = m["var_y"]
+    assert torch.allclose(w[:, 0], var[:, 0] / var.sum(dim=1), atol=1e-6)
+    assert float(adaptive.ssim(fused, sources).mean()) == pytest.approx(1 - float(adaptive(fused, sources)), abs=1e-6)
+    with pytest.raises(ValueError, match="variance"):
+        SSIMAlphaLoss(weights="saliency")
+
+
+def test_fine_term_asks_for_the_dominant_source_pixel_by_pixel() -> None:
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(1, 1, 12, 12, generator=g)
+    b = torch.full_like(a, 0.5)  # flat: A dominates every 3x3 window
+    sources = torch.cat([a, b], dim=1)
+    fine = SSIMAlphaLoss(second_term="fine")
+    assert float(fine.second(a, sources)) == pytest.approx(0.0, abs=1e-6)
+    assert float(fine.second(a + 0.2, sources)) == pytest.approx(0.0, abs=1e-6)  # level ignored
+    shuffled = a.flatten()[torch.randperm(144, generator=g)].reshape_as(a)
+    assert float(fine.second(shuffled, sources)) > 0.5  # same values, other pattern: ~ 1 - 0
+    assert float(fine.second(1 - a, sources)) > 1.5  # inverted pattern: cs ~ -1
