@@ -5,8 +5,9 @@ Every configuration is one run of the bundle's own CLI (``python -m monai.bundle
 a subprocess, tracked in MLflow: one SQLite store ``OUT/mlruns.db`` for the whole study, experiment
 ``train_study``, run name = configuration name), followed by ``python -m pipeline benchmark
 --methods cnn`` on the test split with the run's best checkpoint. Validation metrics are those the
-bundle's evaluator computes at its last validation (``Q_Y``, ``FMI_pixel``, ``Q_ABF``, and the key
-metric ``val_ssim_alpha``); select on them, report the test columns.
+bundle's evaluator computes at the validation whose checkpoint became ``model.pt`` (four
+validations per run; ``Q_Y``, ``FMI_pixel``, ``Q_ABF``, and the key metric ``val_ssim_alpha``);
+select on them, report the test columns.
 
 Examples::
 
@@ -133,13 +134,19 @@ def _bundle_args(cfg: dict[str, Any], datalist: str, out_dir: Path, device: str,
     return args
 
 
+_BEST_LINE = re.compile(r"Key metric: val_ssim_alpha best value: \S+ at epoch: (\d+)")
+
+
 def _parse_val(log: str) -> tuple[dict[str, float], str | None]:
-    """Metrics of the last validation and the MLflow run id, from the bundle's console output."""
-    metrics: dict[str, float] = {}
-    for m in _METRIC_LINE.finditer(log):
-        metrics = {k: float(v) for k, v in re.findall(r"(\w+): ([-+0-9.eE]+)", m.group(2))}
+    """Validation metrics of the epoch whose checkpoint became ``model.pt`` (the best
+    ``val_ssim_alpha``; the last validation if the log names none) and the MLflow run id, from the
+    bundle's console output."""
+    by_epoch = {int(m.group(1)): {k: float(v) for k, v in re.findall(r"(\w+): ([-+0-9.eE]+)", m.group(2))}
+                for m in _METRIC_LINE.finditer(log)}
+    best = _BEST_LINE.findall(log)
+    epoch = int(best[-1]) if best and int(best[-1]) in by_epoch else max(by_epoch, default=None)
     run = _RUN_ID.findall(log)
-    return metrics, (run[-1] if run else None)
+    return (by_epoch[epoch] if epoch is not None else {}), (run[-1] if run else None)
 
 
 def _test_scores(ckpt: Path, datalist: str, out_dir: Path, device: str) -> dict[str, float]:
@@ -160,6 +167,10 @@ def _test_scores(ckpt: Path, datalist: str, out_dir: Path, device: str) -> dict[
 def _load_row(path: Path) -> dict[str, Any]:
     """A finished configuration's row; rows of studies before a setting existed get its old value."""
     row = json.loads(path.read_text())
+    log = path.parent / "train.log"
+    if log.is_file():  # the validation columns as the current parser reads them
+        val, _ = _parse_val(log.read_text())
+        row.update({f"val_{m}": val.get(m) for m in (*METRICS, "val_ssim_alpha")})
     for key, old in (("lr_schedule", False), ("seed", 0), ("source_weights", [0.5, 0.5]), ("clip_output", False)):
         row.setdefault(key, old)
     return row

@@ -63,8 +63,12 @@ Clipping (``clip=True``). The fused image that inference writes is the network o
 [0, 1], so with ``clip`` the SSIM_alpha term scores that clipped image. Without it the optimum on a
 black background is an output of exactly 0, a knife edge: any drift above 0 shows as grey (and
 ``l^alpha`` has almost no gradient to bring a grey background back), while any value below 0 is
-clipped away for free. Scored clipped, the background settles below 0 with a margin. The second
-term still sees the raw output, so a pixel clipped to 0 inside the head keeps a gradient back.
+clipped away for free. Scored clipped, every value below 0 is a perfect black background, so the
+background settles below 0 with a margin. The clip is differentiated straight-through (the
+gradient with respect to the clipped image is passed to the raw output unchanged): a plain clamp
+would pass no gradient at all to a pixel below 0, so a network whose first, near-zero output
+starts slightly negative (the thesis initialisation) would never leave the black start. The
+second term sees the raw output.
 
 Source weights. The thesis weighs the two sources equally everywhere (``weights=(0.5, 0.5)``), so
 where one source has structure and the other is flat (a skull edge in CT over the MRI's dark
@@ -172,8 +176,9 @@ class SSIMAlphaLoss(_Loss):
         second_term: optional added term, one of :data:`SECOND_TERMS` or a ``+`` combination
             (see the module docstring); ``"none"`` (default) is the thesis's loss.
         second_weight: factor of the second term (ignored for ``"none"``).
-        clip: score the fused image clipped to [0, 1] (what inference ships) in the SSIM_alpha term;
-            the second term still sees the raw output (see the module docstring).
+        clip: score the fused image clipped to [0, 1] (what inference ships) in the SSIM_alpha term,
+            with a straight-through gradient; the second term sees the raw output (see the module
+            docstring).
 
     Raises:
         ValueError: bad parameters (non-positive window, sigma or range, negative or all-zero
@@ -404,7 +409,11 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             scalar tensor (float32 or wider).
         """
-        ssim_map, m = self._ssim_map_and_terms(fused.clamp(0, 1) if self.clip else fused, sources)
+        if self.clip:  # scored clipped, differentiated as if not (straight-through): no dead pixels
+            fused_scored = fused + (fused.clamp(0, 1) - fused).detach()
+        else:
+            fused_scored = fused
+        ssim_map, m = self._ssim_map_and_terms(fused_scored, sources)
         # the terms of this pass, kept for SSIMAlphaTermsHandler so that logging costs no second pass
         self.last_terms = self._term_means(ssim_map, m)
         self.forward_count += 1
