@@ -64,11 +64,12 @@ Clipping (``clip=True``). The fused image that inference writes is the network o
 black background is an output of exactly 0, a knife edge: any drift above 0 shows as grey (and
 ``l^alpha`` has almost no gradient to bring a grey background back), while any value below 0 is
 clipped away for free. Scored clipped, every value below 0 is a perfect black background, so the
-background settles below 0 with a margin. The clip is differentiated straight-through (the
-gradient with respect to the clipped image is passed to the raw output unchanged): a plain clamp
-would pass no gradient at all to a pixel below 0, so a network whose first, near-zero output
-starts slightly negative (the thesis initialisation) would never leave the black start. The
-second term sees the raw output.
+background settles below 0 with a margin. The second term scores the same clipped image (on the
+raw output, the ``mean`` term would pull a negative background back up to the knife edge). The
+clip is differentiated straight-through (the gradient with respect to the clipped image is passed
+to the raw output unchanged): a plain clamp would pass no gradient at all to a pixel below 0, so a
+network whose first, near-zero output starts slightly negative (the thesis initialisation) would
+never leave the black start.
 
 Source weights. The thesis weighs the two sources equally everywhere (``weights=(0.5, 0.5)``), so
 where one source has structure and the other is flat (a skull edge in CT over the MRI's dark
@@ -176,9 +177,8 @@ class SSIMAlphaLoss(_Loss):
         second_term: optional added term, one of :data:`SECOND_TERMS` or a ``+`` combination
             (see the module docstring); ``"none"`` (default) is the thesis's loss.
         second_weight: factor of the second term (ignored for ``"none"``).
-        clip: score the fused image clipped to [0, 1] (what inference ships) in the SSIM_alpha term,
-            with a straight-through gradient; the second term sees the raw output (see the module
-            docstring).
+        clip: score the fused image clipped to [0, 1] (what inference ships), in both terms, with a
+            straight-through gradient (see the module docstring).
 
     Raises:
         ValueError: bad parameters (non-positive window, sigma or range, negative or all-zero
@@ -419,7 +419,7 @@ class SSIMAlphaLoss(_Loss):
         self.forward_count += 1
         loss = 1.0 - self._weighted_map_mean(ssim_map, m).mean()
         if self._second_parts and self.second_weight > 0:
-            loss = loss + self.second_weight * self.second(fused, sources).mean()
+            loss = loss + self.second_weight * self.second(fused_scored, sources).mean()
         return loss
 
     @torch.no_grad()

@@ -257,6 +257,11 @@ def test_clip_scores_the_shipped_image() -> None:
     inside = torch.full_like(out, -0.05).requires_grad_()
     clipped_loss(inside, sources).backward()
     assert float(inside.grad[sources[:, :1] > 0].max()) < 0  # descent raises them
+    # the second term scores the clipped image too: a negative background is as good as 0 for "mean"
+    anchored = SSIMAlphaLoss(clip=True, second_term="mean", second_weight=1.0)
+    assert float(anchored(out.detach(), sources)) == pytest.approx(0.0, abs=1e-6)
+    assert float(SSIMAlphaLoss(second_term="mean", second_weight=1.0)(out.detach().clamp(0, 1), sources)) == \
+        pytest.approx(0.0, abs=1e-6)
     dead = torch.full_like(out, -0.05).requires_grad_()
     (1 - SSIMAlphaLoss().ssim(dead.clamp(0, 1), sources).mean()).backward()
     assert float(dead.grad.abs().max()) == 0.0
