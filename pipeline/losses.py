@@ -318,7 +318,11 @@ class SSIMAlphaLoss(_Loss):
         else None (fixed weights)."""
         if not self.adaptive:
             return None
-        var = m["var_y"].clamp_min(0)
+        return self._variance_shares(m["var_y"])
+
+    def _variance_shares(self, var: torch.Tensor) -> torch.Tensor:
+        """Each source's share of the summed local variance ``(N, S, ...)``, summing to 1 over S."""
+        var = var.clamp_min(0)
         total = var.sum(dim=1, keepdim=True)
         # every source flat in the window (std below 1e-3 of the range: float32 round-off of a
         # constant is ~1e-8): equal weights
@@ -340,10 +344,7 @@ class SSIMAlphaLoss(_Loss):
         vx, vy = blur(xs * xs) - mx * mx, (blur(y * y) - my * my).clamp_min(0)
         cov = blur(xs * y) - mx * my
         cs = (2 * cov + self.c2) / (vx + vy + self.c2)
-        total = vy.sum(dim=1, keepdim=True)
-        floor = 1e-6 * self.data_range ** 2
-        w = torch.where(total <= floor, torch.full_like(vy, 1.0 / n_src), vy / total.clamp_min(floor)).detach()
-        return (w * cs).sum(dim=1, keepdim=True)
+        return (self._variance_shares(vy.detach()) * cs).sum(dim=1, keepdim=True)
 
     def _weighted_map_mean(self, ssim_map: torch.Tensor, m: dict) -> torch.Tensor:
         """Per image ``(N,)``: the source-weighted SSIM_alpha averaged over the map."""
