@@ -93,6 +93,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "var_gradmean4_e240_seed1": {**_VAR_GM4, "epochs": 240, "seed": 1},
         "var_gradmean4_e240_seed2": {**_VAR_GM4, "epochs": 240, "seed": 2},
         "var_gradmean4_extra": {**_VAR_GM4, "data": "extra", "epochs": 40},
+        # twice as long again (still under the 15-minute training budget on one core)
+        "var_gradmean4_e480_seed1": {**_VAR_GM4, "epochs": 480, "seed": 1},
+        "var_gradmean4_e480_seed2": {**_VAR_GM4, "epochs": 480, "seed": 2},
         # the variant with the best FMI_pixel at 60 epochs, as long
         "var_grad_fine4_e240": {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0, "epochs": 240},
     },
