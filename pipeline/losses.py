@@ -252,13 +252,19 @@ class SSIMAlphaLoss(_Loss):
                              f"{self.win_size}x{self.win_size} window; use larger patches or a smaller "
                              "win_size")
 
-    def _stats(self, fused: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Local means, biased variances and covariance, each ``(N, S, H', W')`` ('valid' window)."""
+    def _stats(self, fused: torch.Tensor, sources: torch.Tensor,
+               window: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Local means, biased variances and covariance, each ``(N, S, H', W')`` ('valid' window).
+
+        ``window`` is a normalised ``(1, 1, k, k)`` kernel; default the loss's Gaussian window.
+        """
         dtype = torch.promote_types(torch.promote_types(fused.dtype, sources.dtype), torch.float32)
         x = fused.to(dtype).expand_as(sources)
         y = sources.to(dtype)
         n_src = y.shape[1]
-        win = gaussian_window(self.win_size, self.sigma, dtype, y.device).expand(n_src, 1, -1, -1)
+        if window is None:
+            window = gaussian_window(self.win_size, self.sigma, dtype, y.device)
+        win = window.to(dtype=dtype, device=y.device).expand(n_src, 1, -1, -1)
 
         def blur(t: torch.Tensor) -> torch.Tensor:
             return F.conv2d(t, win, groups=n_src)
@@ -333,16 +339,8 @@ class SSIMAlphaLoss(_Loss):
     def _fine_cs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Contrast-structure of F against each source over 3x3 uniform windows, averaged over the
         sources with their 3x3 variance shares: ``(N, 1, H-2, W-2)``."""
-        n_src = y.shape[1]
-        box = torch.full((n_src, 1, 3, 3), 1.0 / 9, dtype=y.dtype, device=y.device)
-        xs = x.expand_as(y)
-
-        def blur(t: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(t, box, groups=n_src)
-
-        mx, my = blur(xs), blur(y)
-        vx, vy = blur(xs * xs) - mx * mx, (blur(y * y) - my * my).clamp_min(0)
-        cov = blur(xs * y) - mx * my
+        _, _, vx, vy, cov = self._stats(x, y, torch.full((1, 1, 3, 3), 1.0 / 9))
+        vy = vy.clamp_min(0)
         cs = (2 * cov + self.c2) / (vx + vy + self.c2)
         return (self._variance_shares(vy.detach()) * cs).sum(dim=1, keepdim=True)
 
