@@ -116,8 +116,14 @@ def init_process_group(device: str | torch.device, timeout_s: float = 600.0) -> 
 
 
 def destroy_process_group() -> None:
-    """Leave the default process group, if there is one (the ``finalize`` step)."""
+    """Leave the default process group, if there is one (the ``finalize`` step).
+
+    All ranks wait for each other first: rank 0 finishes later (checkpoint, MLflow), and a gloo
+    rank that tears its group down and exits while a peer is still connected can abort
+    (``terminate called without an active exception``, seen on a 2-core CI-like machine).
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
