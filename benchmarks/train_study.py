@@ -59,6 +59,7 @@ BASE: dict[str, Any] = {
 
 _VAR = {"source_weights": "variance"}
 _VAR_GM4 = {**_VAR, "second_term": "gradient+mean", "second_weight": 4.0}
+_VAR_GWM4 = {**_VAR, "second_term": "gradient+wmean", "second_weight": 4.0}
 
 #: Named studies: configuration name -> overrides of BASE (``epochs`` scaled by ``--epoch-scale``).
 #: At 60 epochs a configuration sees the 110 CT-MRI training pairs 60 times (840 batches of 8).
@@ -103,6 +104,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "var_gradmean4_e480_seed4": {**_VAR_GM4, "epochs": 480, "seed": 4, "validations": 8},
         # the variant with the best FMI_pixel at 60 epochs, as long
         "var_grad_fine4_e240": {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0, "epochs": 240},
+        # the intensity anchor on the variance-weighted mean of the sources instead of their average
+        "var_gradwmean4": _VAR_GWM4,
+        "var_gradwmean4_seed1": {**_VAR_GWM4, "seed": 1},
     },
 }
 PRESETS["gpu"] = {name: {**cfg, "epochs": cfg.get("epochs", BASE["epochs"]) * 4,

@@ -122,7 +122,7 @@ class SSIMAlphaTermsHandler:
             self.logger.info(f"Epoch {engine.state.epoch} iteration {it}: {text}")
         run = find_mlflow_run(engine)
         if run is not None:
-            run.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=it)
+            run.log_metrics({f"{self.prefix}{k}": v for k, v in values.items()}, step=it, per_iteration=True)
 
     def epoch_completed(self, engine: Engine) -> None:
         if not self._count:

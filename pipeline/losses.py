@@ -56,6 +56,12 @@ SSIM-alpha loss:
 - ``"mean"``: ``mean | F - mean_i S_i |``, an intensity anchor on the sources' average; it keeps
   flat regions (the background) at the sources' level, where the SSIM luminance term saturates
   (``l = C1 / (mu_F^2 + C1)`` is flat in ``mu_F`` once a dark background has drifted grey).
+- ``"wmean"``: ``mean | F - sum_i w_i S_i |`` with ``w_i`` each source's share of the local
+  variance over the loss's Gaussian window (the weights of ``weights="variance"``; pixels within
+  half a window of the border are left out): the same anchor, but where one source is flat it
+  anchors F on the other source itself, not on a half-strength copy. ``"mean"`` pulls such regions
+  to the average while the SSIM term (with variance weights) and ``"gradient"`` pull them to the
+  textured source; ``"wmean"`` agrees with both.
 
 Terms combine with ``+`` (``"gradient+mean"``: their sum, times ``second_weight``).
 
@@ -91,7 +97,7 @@ from torch.nn.modules.loss import _Loss
 __all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "gaussian_window", "signed_power", "sobel_gradients", "sobel_magnitude"]
 
 #: Names of the optional second loss term (``"none"``: the thesis's SSIM-alpha loss alone).
-SECOND_TERMS = ("none", "gradient", "intensity", "mean", "sgradient", "fine")
+SECOND_TERMS = ("none", "gradient", "intensity", "mean", "wmean", "sgradient", "fine")
 
 
 def gaussian_window(win_size: int, sigma: float, dtype: torch.dtype = torch.float32,
@@ -344,6 +350,15 @@ class SSIMAlphaLoss(_Loss):
         cs = (2 * cov + self.c2) / (vx + vy + self.c2)
         return (self._variance_shares(vy.detach()) * cs).sum(dim=1, keepdim=True)
 
+    def _wmean_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``F - sum_i w_i S_i`` per pixel with Gaussian-window variance shares ``w_i`` (no gradient
+        through them), on the pixels whose window lies inside the image: ``(N, 1, H', W')``."""
+        _, _, _, vy, _ = self._stats(y[:, :1].detach(), y.detach())
+        r = self.win_size // 2
+        h, w = vy.shape[-2:]
+        target = (self._variance_shares(vy) * y[..., r:r + h, r:r + w]).sum(dim=1, keepdim=True)
+        return x[..., r:r + h, r:r + w] - target
+
     def _weighted_map_mean(self, ssim_map: torch.Tensor, m: dict) -> torch.Tensor:
         """Per image ``(N,)``: the source-weighted SSIM_alpha averaged over the map."""
         w = self.window_weights(m)
@@ -373,7 +388,8 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             per image, the sum of the configured terms: mean absolute error of the gradient
             magnitude (``"gradient"``) or the intensity (``"intensity"``) against the per-pixel
-            maximum of the sources, or of the intensity against their mean (``"mean"``).
+            maximum of the sources, or of the intensity against their mean (``"mean"``) or their
+            variance-weighted mean (``"wmean"``); see the module docstring for each term.
         """
         self._check(fused, sources)
         with torch.autocast(device_type=sources.device.type, enabled=False):
@@ -392,6 +408,8 @@ class SSIMAlphaLoss(_Loss):
                     err = 1.0 - self._fine_cs(x, y)
                 elif part == "intensity":
                     err = x - y.amax(dim=1, keepdim=True)
+                elif part == "wmean":
+                    err = self._wmean_error(x, y)
                 else:  # "mean"
                     err = x - y.mean(dim=1, keepdim=True)
                 total = total + err.abs().mean(dim=(1, 2, 3))

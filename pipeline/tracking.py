@@ -39,6 +39,8 @@ __all__ = [
     "bound_mlflow_requests",
     "check_tracking_server",
     "check_tracking",
+    "IterationMetricBuffer",
+    "buffer_iteration_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,19 +52,124 @@ class MLflowRun:
     def __init__(self, client: Any, run_id: str, handler: Any = None) -> None:
         self.client, self.run_id, self.handler = client, run_id, handler
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log scalar metrics at one step in one request."""
-        import time
+    def log_metrics(self, metrics: dict[str, float], step: int, per_iteration: bool = False) -> None:
+        """Log scalar metrics at one step in one request.
 
-        import mlflow  # imported by MLFlowHandler already; cheap here
-
-        ts = int(time.time() * 1000)
-        batch = [mlflow.entities.Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch, params=[], tags=[])
+        Args:
+            metrics: name -> value.
+            step: MLflow step (iteration or epoch).
+            per_iteration: metrics of one training iteration: when the run's ``MLFlowHandler`` has an
+                :class:`IterationMetricBuffer` (:func:`buffer_iteration_metrics`) they join its next
+                request instead of costing one of their own.
+        """
+        buffer = getattr(self.handler, "iteration_buffer", None)
+        if per_iteration and isinstance(buffer, IterationMetricBuffer):
+            buffer.add(metrics, step)
+            return
+        self.client.log_batch(self.run_id, metrics=_metric_entities(metrics, step), params=[], tags=[])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload one file under ``artifact_path``."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _metric_entities(metrics: dict[str, float], step: int) -> list[Any]:
+    import time
+
+    import mlflow  # imported by MLFlowHandler already; cheap here
+
+    ts = int(time.time() * 1000)
+    return [mlflow.entities.Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+
+
+class IterationMetricBuffer:
+    """The per-iteration metrics of one MLflow run, written in one request every ``every`` iterations.
+
+    MONAI's ``MLFlowHandler`` writes the training loss, and then the learning rate, in a request of
+    their own at every iteration, and our SSIM-alpha terms add a third; against a SQLite store each
+    request is a committed transaction (about 5 ms on a local disk, far more on a networked or
+    virtual one), which slowed a 64x64 training iteration on the CPU by a quarter. Buffered, every
+    value keeps its own step and timestamp; only the number of requests falls.
+
+    Args:
+        handler: the ``MLFlowHandler`` whose run receives the metrics.
+        every: iterations per request (at most; :meth:`flush` also runs at each epoch's end).
+    """
+
+    #: MLflow accepts at most 1000 metrics per ``log_batch`` request.
+    MAX_PER_REQUEST = 1000
+
+    def __init__(self, handler: Any, every: int = 50) -> None:
+        if every < 1:
+            raise ValueError(f"IterationMetricBuffer: every must be >= 1, got {every}")
+        self.handler, self.every = handler, int(every)
+        self.pending: list[Any] = []
+        self._steps: set[int] = set()
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        """Queue ``metrics`` at ``step``; a step beyond the ``every`` queued ones sends the queue first
+        (so one iteration's metrics, from several handlers, go out together)."""
+        step = int(step)
+        if step not in self._steps and len(self._steps) >= self.every:
+            self.flush()
+        self.pending.extend(_metric_entities(metrics, step))
+        self._steps.add(step)
+
+    def flush(self, *_: Any) -> None:
+        """Send everything queued (nothing to do when the queue is empty or the run has ended)."""
+        run = getattr(self.handler, "cur_run", None)
+        if not self.pending or run is None:
+            return
+        pending, self.pending, self._steps = self.pending, [], set()
+        for i in range(0, len(pending), self.MAX_PER_REQUEST):
+            self.handler.client.log_batch(run.info.run_id, metrics=pending[i:i + self.MAX_PER_REQUEST],
+                                          params=[], tags=[])
+
+    def log_iteration(self, engine: Any) -> None:
+        """``MLFlowHandler.iteration_logger``: what MONAI's default iteration log writes (the loss under
+        the handler's ``tag_name``, and each of its optimizer parameters per group), queued."""
+        step = engine.state.iteration
+        loss = self.handler.output_transform(engine.state.output)
+        if loss is None:
+            return
+        if not isinstance(loss, dict):
+            loss = {self.handler.tag_name: loss.item() if isinstance(loss, torch.Tensor) else loss}
+        values = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in loss.items()}
+        optimizer = getattr(engine, "optimizer", None)
+        if optimizer is not None:
+            for name in self.handler.optimizer_param_names:
+                values.update({f"{name}_group_{i}": float(group[name]) for i, group in enumerate(optimizer.param_groups)})
+        self.add(values, step)
+
+
+def buffer_iteration_metrics(engine: Any, every: int = 50) -> int:
+    """Batch the per-iteration MLflow metrics of ``engine``'s ``MLFlowHandler`` (see
+    :class:`IterationMetricBuffer`): its own loss/learning-rate log and our handlers' per-iteration
+    metrics share one request per ``every`` iterations, and the queue is flushed at every epoch end (a
+    crash loses at most the iteration metrics of its epoch; the epoch metrics are written as before).
+
+    Args:
+        engine: the trainer, after its handlers were attached (a no-op without MLflow tracking).
+        every: iterations per request.
+
+    Returns:
+        the number of MLFlowHandlers buffered.
+    """
+    from ignite.engine import Events
+
+    count = 0
+    for handler in _mlflow_handlers(engine):
+        if not handler.iteration_log or handler.iteration_logger is not None \
+                or isinstance(getattr(handler, "iteration_buffer", None), IterationMetricBuffer):
+            continue  # nothing per iteration, a user's own logger, or buffered already
+        buffer = IterationMetricBuffer(handler, every)
+        handler.iteration_buffer = buffer
+        handler.iteration_logger = buffer.log_iteration
+        # at each epoch end, so before the last epoch's COMPLETED closes the run. (No EXCEPTION_RAISED
+        # handler: Ignite stops re-raising an engine's exceptions once one is registered.)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, buffer.flush)
+        count += 1
+    return count
 
 
 def find_mlflow_run(engine: Any) -> MLflowRun | None:

@@ -17,6 +17,7 @@ __all__ = [
     "load_split",
     "check_checkpoint",
     "check_tracking",
+    "buffer_iteration_metrics",
     "training_state",
 ]
 
@@ -113,6 +114,13 @@ def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
     from pipeline.tracking import check_tracking as _check
 
     return _check(source, timeout=timeout)
+
+
+def buffer_iteration_metrics(engine: Any, every: int = 50) -> int:
+    """One MLflow request per ``every`` training iterations: :func:`pipeline.tracking.buffer_iteration_metrics`."""
+    from pipeline.tracking import buffer_iteration_metrics as _buffer
+
+    return _buffer(engine, every)
 
 
 def training_state(*args: Any, **kwargs: Any) -> dict[str, Any]:

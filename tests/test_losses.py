@@ -162,7 +162,7 @@ def test_second_term_none_is_the_thesis_loss() -> None:
     assert torch.equal(off.second(fused, sources), torch.zeros(3))
 
 
-@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "sgradient", "fine", "gradient+mean"])
+@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "wmean", "sgradient", "fine", "gradient+mean"])
 def test_second_term_adds_weighted_mean(term: str) -> None:
     fused, sources = _images(3)
     base = float(SSIMAlphaLoss()(fused, sources))
@@ -286,6 +286,27 @@ def test_variance_weights_follow_the_source_with_structure() -> None:
     assert float(adaptive.ssim(fused, sources).mean()) == pytest.approx(1 - float(adaptive(fused, sources)), abs=1e-6)
     with pytest.raises(ValueError, match="variance"):
         SSIMAlphaLoss(weights="saliency")
+
+
+def test_wmean_anchors_on_the_source_that_carries_the_structure() -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(1, 1, 24, 24, generator=g)
+    b = torch.full_like(a, 0.2)
+    b[..., 12:, :] = torch.rand(1, 1, 12, 24, generator=g)  # B flat in the top half, textured below
+    a[..., 12:, :] = 0.7  # A flat in the bottom half
+    sources = torch.cat([a, b], dim=1)
+    loss = SSIMAlphaLoss(second_term="wmean", win_size=5, sigma=1.0)
+    err = loss._wmean_error(a, sources)[0, 0]  # rows 2..21 of the 24x24 image
+    assert err.shape == (20, 20)
+    assert float(err[:8].abs().max()) < 1e-6  # rows 2-9: B flat in the whole window, target = A itself
+    err_b = loss._wmean_error(b, sources)[0, 0]
+    assert float(err_b[-8:].abs().max()) < 1e-6  # rows 14-21: A flat, target = B itself
+    # everything flat: equal weights, the target is the average (as "mean")
+    flat = torch.cat([torch.full_like(a, 0.2), torch.full_like(a, 0.6)], dim=1)
+    assert float(loss._wmean_error(torch.full_like(a, 0.4), flat).abs().max()) < 1e-6
+    # "mean" costs F = A where B is flat; "wmean" does not
+    top = (slice(None), slice(None), slice(2, 10), slice(2, 22))
+    assert float((a - sources.mean(dim=1, keepdim=True))[top].abs().mean()) > 0.1
 
 
 def test_fine_term_asks_for_the_dominant_source_pixel_by_pixel() -> None:
