@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# The GPU part of the training issue, in one call on a lent GPU machine (see benchmarks/gpu_check.sh
-# for WHEELS): training and inference throughput on the GPU, then the training study's GPU preset.
-# Usage: WHEELS=.whl STUDY="base,alpha2,..." bash benchmarks/gpu_study.sh OUTDIR
+# The training study's GPU preset in one call on a lent GPU machine (see benchmarks/gpu_check.sh for
+# WHEELS): every configuration trained at once on the one GPU (one CPU thread each), tracked in one
+# MLflow store; the folder is left complete even when STUDY_SECONDS cuts the study short (each run's
+# models/model.pt is its best validation so far, its train.log says which).
+# Usage: WHEELS=.whl [STUDY="name,..."] [STUDY_SECONDS=400] [JOBS=12] bash benchmarks/gpu_study.sh OUTDIR
 set -uo pipefail
 out=${1:-runs/gpu_study}
-mkdir -p "$out"
+datalist=${DATALIST:-data/harvard_ctmri/datalist.json}
+mkdir -p "$out/study"
 source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout 120 python3 benchmarks/bench_training.py --device cuda:0 --attribution 2>&1 | tee "$out/bench_training.txt"
-timeout 90 python3 benchmarks/bench_inference.py --device cuda:0 --no-baselines --no-compile 2>&1 | tee "$out/bench_inference.txt"
-timeout "${STUDY_SECONDS:-300}" python3 benchmarks/train_study.py --datalist "${DATALIST:-data/harvard_ctmri/datalist.json}" \
-  --out "$out/study" --device cuda:0 --preset gpu --jobs "${JOBS:-6}" ${STUDY:+--only "$STUDY"} 2>&1 | tail -n 40
-# a study cut by its time limit: write the table of the configurations that finished
-done_names=$(cd "$out/study" 2>/dev/null && ls -d */result.json 2>/dev/null | cut -d/ -f1 | paste -sd, -)
-[ -n "$done_names" ] && python3 benchmarks/train_study.py --datalist "${DATALIST:-data/harvard_ctmri/datalist.json}" \
-  --out "$out/study" --device cuda:0 --preset gpu --only "$done_names" > /dev/null 2>&1
-cp "$out"/study/study.md "$out"/study/study.csv "$out"/study/mlruns.db "$out"/ 2>/dev/null
+# The store on tmpfs: on a virtual disk every MLflow transaction waits for a sync.
+db=/dev/shm/gpu_study_mlruns.db
+args=(--datalist "$datalist" --out "$out/study" --device cuda:0 --preset gpu --threads 1 --no-test
+      --tracking-uri "sqlite:///$db")
+# progress: epoch times of the running configurations after a minute
+( sleep 75; echo "--- after 75 s:"; grep -h "SupervisedTrainer - INFO - Epoch\[.*Complete" "$out"/study/*/train.log | tail -n 4;
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader ) &
+start=$(date +%s)
+timeout "${STUDY_SECONDS:-400}" python3 benchmarks/train_study.py "${args[@]}" --jobs "${JOBS:-12}" \
+  ${STUDY:+--only "$STUDY"} 2>&1 | grep -v "^|" | tail -n 20
+echo "study wall time: $(( $(date +%s) - start )) s"
+cp "$db" "$out/study/mlruns.db" 2>/dev/null
+# the table of the configurations that finished (those cut short are read from their train.log)
+done_names=$(cd "$out/study" && ls -d */result.json 2>/dev/null | cut -d/ -f1 | paste -sd, -)
+[ -n "$done_names" ] && python3 benchmarks/train_study.py "${args[@]}" --only "$done_names" 2>&1 | grep "^|"
 exit 0

@@ -15,9 +15,10 @@ Examples::
     # CPU (2 cores, minutes per run): the short settings
     python benchmarks/train_study.py --datalist data/harvard_ctmri/datalist.json --out runs/study
     python benchmarks/train_study.py ... --only base,alpha1,grad1 --jobs 2
-    # GPU: longer runs and larger patches (``--preset gpu``), same table
+    # GPU: longer runs, wider networks, more seeds (``--preset gpu``), same table; on a lent GPU
+    # machine benchmarks/gpu_study.sh runs this with the MLflow store on tmpfs
     python benchmarks/train_study.py --datalist data/harvard_ctmri/datalist.json --out runs/study_gpu \\
-        --device cuda:0 --preset gpu --extra-datalist data/harvard_all/datalist.json
+        --device cuda:0 --preset gpu --jobs 12 --threads 1
 
 ``--extra-datalist`` is the datalist of the configurations marked ``data: extra`` (CT-MRI plus the
 Y channel of the PET/SPECT pairs as training data, prepared with explicit case lists so that the
@@ -109,9 +110,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "var_gradwmean4_seed1": {**_VAR_GWM4, "seed": 1},
     },
 }
-PRESETS["gpu"] = {name: {**cfg, "epochs": cfg.get("epochs", BASE["epochs"]) * 4,
-                         "patch_size": max(128, cfg.get("patch_size", 64))}
-                  for name, cfg in PRESETS["cpu"].items()}
+_FINE4 = {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0}
+_WIDE = {"widths": [32, 64, 64, 32]}
+#: GPU: what a GPU makes cheap around the chosen loss, at the CPU runs' patch and batch size: twice
+#: the epochs (960, validated every 120), the ``fine`` variant as long, wider networks, more seeds.
+PRESETS["gpu"] = {
+    **{f"var_gradmean4_e960{s}": {**_VAR_GM4, "epochs": 960, "validations": 8, **seed}
+       for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
+    **{f"var_grad_fine4_e960{s}": {**_FINE4, "epochs": 960, "validations": 8, **seed}
+       for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
+    **{f"var_grad_fine4_e480_seed{k}": {**_FINE4, "epochs": 480, "validations": 8, "seed": k} for k in (1, 2)},
+    **{f"var_gradwmean4_e480{s}": {**_VAR_GWM4, "epochs": 480, "validations": 8, **seed}
+       for s, seed in (("", {}), ("_seed1", {"seed": 1}))},
+    "wide_var_gradmean4_e480": {**_VAR_GM4, **_WIDE, "epochs": 480, "validations": 8},
+    "wide_var_grad_fine4_e480": {**_FINE4, **_WIDE, "epochs": 480, "validations": 8},
+}
 
 _METRIC_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
 _RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
