@@ -19,6 +19,10 @@ round, the variants interleaved round by round (other processes' load hits each 
   one epoch per round; validation is left out (``val_interval`` beyond the run) since it is not
   training throughput.
 - ``trainer_minimal``: a ``SupervisedTrainer`` on the same objects, no handlers, no decollation.
+- ``trainer_bundle_mlflow``: ``trainer_bundle`` with ``--tracking mlflow`` as the bundle CLI adds it
+  (MONAI's ``MLFlowHandler``, a SQLite store in the temporary folder) and the bundle's batching of
+  the per-iteration metrics (``tracking_flush_every``); with ``--attribution`` also
+  ``trainer_bundle_mlflow_unbatched`` (a request per metric call, as before the batching).
 - with ``--attribution``: ``trainer_no_decollate`` (the bundle's handlers, ``decollate=False``)
   and ``trainer_no_terms`` (the bundle without the per-iteration SSIM-alpha terms handler), and
   Ignite's ``HandlersTimeProfiler`` on one extra bundle epoch: seconds per handler and event.
@@ -95,9 +99,12 @@ def write_data(out: Path, count: int, size: int) -> tuple[Path, str]:
     return out / "datalist.json", description
 
 
-def build_bundle(datalist: Path, output_dir: Path, args: argparse.Namespace, device: str, amp: bool) -> Any:
-    """The bundle's training config, parsed with the benchmark's overrides (a MONAI ConfigParser)."""
-    from monai.bundle import ConfigParser
+def build_bundle(datalist: Path, output_dir: Path, args: argparse.Namespace, device: str, amp: bool,
+                 mlflow: bool = False) -> Any:
+    """The bundle's training config, parsed with the benchmark's overrides (a MONAI ConfigParser);
+    ``mlflow``: patched as ``--tracking mlflow`` patches it (store: ``output_dir/mlruns.db``)."""
+    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
     parser = ConfigParser()
     parser.read_config(str(TRAIN_CONFIG))
@@ -106,6 +113,9 @@ def build_bundle(datalist: Path, output_dir: Path, args: argparse.Namespace, dev
         "batch_size": args.batch_size, "patch_size": args.size, "device": device, "amp": amp,
         "val_interval": 10 ** 9, "num_workers": 0,
     })
+    if mlflow:
+        parser.update({"tracking_uri": f"sqlite:///{output_dir}/mlruns.db", "experiment_name": "bench_training"})
+        ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
     return parser
 
 
@@ -220,6 +230,16 @@ def bench_device(device_name: str, args: argparse.Namespace, datalist: Path, tmp
         "trainer_bundle": trainer_run(trainer),
         "trainer_minimal": trainer_run(minimal(False, [])),
     }
+    from pipeline.training import buffer_iteration_metrics
+
+    for name, batched in (("trainer_bundle_mlflow", True), ("trainer_bundle_mlflow_unbatched", False)):
+        if batched or args.attribution:
+            tracked = build_bundle(datalist, tmp / f"{name}_{device.type}", args, device_name, bundle_amp, mlflow=True)
+            engine = tracked.get_parsed_content("train#trainer")
+            tracked.get_parsed_content("train#checkpoint_latest").attach(engine)
+            if batched:
+                buffer_iteration_metrics(engine, tracked.get_parsed_content("tracking_flush_every"))
+            jobs[name] = trainer_run(engine)
     if args.attribution:
         from pipeline.handlers import SSIMAlphaTermsHandler
 
@@ -348,6 +368,10 @@ def _print(report: dict[str, Any]) -> None:
         print(f"MONAI/Ignite overhead: {r['overhead_vs_bare_loader']:+.1%} vs bare_loader "
               f"(target <= {OVERHEAD_TARGET:.0%}: {flag}), "
               f"{r['overhead_vs_bare_tensors']:+.1%} vs bare_tensors")
+        mlflow_rows = [n for n in ("trainer_bundle_mlflow", "trainer_bundle_mlflow_unbatched") if n in s]
+        if mlflow_rows:
+            print("MLflow tracking: " + ", ".join(f"{n} {s[n] / s['trainer_bundle'] - 1:+.1%}" for n in mlflow_rows)
+                  + " vs trainer_bundle")
         if r["handler_profile"]:
             prof = sorted(r["handler_profile"].items(), key=lambda kv: -kv[1])
             print(_table(["handler [event] (one bundle epoch)", "seconds"],

@@ -108,6 +108,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the intensity anchor on the variance-weighted mean of the sources instead of their average
         "var_gradwmean4": _VAR_GWM4,
         "var_gradwmean4_seed1": {**_VAR_GWM4, "seed": 1},
+        # its 480-epoch GPU run ranked second on validation (gpu preset): the same on this CPU
+        "var_gradwmean4_e480": {**_VAR_GWM4, "epochs": 480, "validations": 8},
+        "var_gradwmean4_e480_seed2": {**_VAR_GWM4, "epochs": 480, "validations": 8, "seed": 2},
     },
 }
 _FINE4 = {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0}

@@ -39,6 +39,7 @@ from pipeline.io import CheckpointError, load_checkpoint
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
+    "to_cpu",
     "RandomStates",
     "GradScalerState",
     "training_state",
@@ -56,10 +57,23 @@ logger = logging.getLogger(__name__)
 REQUIRED_RESUME_KEYS = ("model", "optimizer", "trainer")
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to the CPU, the rest as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):  # OrderedDict (state dicts) stays an OrderedDict
+        return type(obj)((k, to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 class AtomicDiskSaver(BaseSaveHandler):
     """Ignite save handler: ``torch.save`` to a temp file beside the target, then ``os.replace``.
 
-    Only the main process (rank 0, or a run without a process group) writes.
+    Only the main process (rank 0, or a run without a process group) writes. Tensors are saved on
+    the CPU, so that a checkpoint written on a GPU loads anywhere (``torch.load`` without
+    ``map_location``, MONAI's ``ckpt_export`` on a CPU-only machine).
 
     Args:
         dirname: folder of the checkpoints (created).
@@ -80,7 +94,7 @@ class AtomicDiskSaver(BaseSaveHandler):
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=self.dirname)
         try:
             with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
+                torch.save(to_cpu(checkpoint), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             umask = os.umask(0)

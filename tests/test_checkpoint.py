@@ -53,6 +53,26 @@ def test_atomic_saver_keeps_the_old_file_when_a_save_fails(tmp_path: Path, monke
     assert target.is_file()
 
 
+def test_to_cpu_keeps_the_structure_of_a_checkpoint() -> None:
+    from collections import OrderedDict
+
+    state = {"model": OrderedDict(w=torch.ones(2), b=torch.zeros(1)), "epoch": 3,
+             "rng": (torch.arange(3), [torch.full((1,), 2.0), "name"]), "none": None}
+    out = ck.to_cpu(state)
+    assert type(out["model"]) is OrderedDict and list(out["model"]) == ["w", "b"]
+    assert isinstance(out["rng"], tuple) and isinstance(out["rng"][1], list) and out["rng"][1][1] == "name"
+    assert out["epoch"] == 3 and out["none"] is None
+    assert torch.equal(out["rng"][0], torch.arange(3)) and torch.equal(out["model"]["w"], torch.ones(2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (a GPU-trained checkpoint)")
+def test_a_checkpoint_saved_from_the_gpu_loads_on_the_cpu(tmp_path: Path) -> None:
+    net = FusionNet().cuda()
+    AtomicDiskSaver(tmp_path, filename="model.pt")({"model": net.state_dict()}, "ignored.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)  # no map_location needed
+    assert {v.device.type for v in saved["model"].values()} == {"cpu"}
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
