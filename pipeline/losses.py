@@ -180,6 +180,10 @@ class SSIMAlphaLoss(_Loss):
         data_range: dynamic range of the images (1.0 for the library's [0, 1] images).
         weights: weight of each source in the mean (normalised by their sum), or ``"variance"``:
             per-window weights from the sources' local variances (see the module docstring).
+        weight_sigma: for ``weights="variance"``, the standard deviation of the Gaussian window
+            (same size) over which the variance shares are taken; ``None``: the SSIM window's
+            ``sigma``. A narrower one keeps a strong edge of one source from claiming the windows
+            of the other source's texture beside it.
         second_term: optional added term, one of :data:`SECOND_TERMS` or a ``+`` combination
             (see the module docstring); ``"none"`` (default) is the thesis's loss.
         second_weight: factor of the second term (ignored for ``"none"``).
@@ -205,6 +209,7 @@ class SSIMAlphaLoss(_Loss):
         second_term: str = "none",
         second_weight: float = 0.0,
         clip: bool = False,
+        weight_sigma: float | None = None,
     ) -> None:
         super().__init__()
         if win_size < 1 or sigma <= 0 or data_range <= 0:
@@ -241,6 +246,9 @@ class SSIMAlphaLoss(_Loss):
             raise ValueError(f"SSIMAlphaLoss: second_weight must be >= 0, got {second_weight}")
         self.second_term, self.second_weight = second_term, float(second_weight)
         self.clip = bool(clip)
+        if weight_sigma is not None and weight_sigma <= 0:
+            raise ValueError(f"SSIMAlphaLoss: weight_sigma must be positive, got {weight_sigma}")
+        self.weight_sigma = None if weight_sigma is None else float(weight_sigma)
 
     # ---------------------------------------------------------------- local statistics
     def _check(self, fused: torch.Tensor, sources: torch.Tensor) -> None:
@@ -291,7 +299,11 @@ class SSIMAlphaLoss(_Loss):
             # keeps the derivative of sqrt finite and only matters where a window is flat.
             sxsy = torch.sqrt((var_x.clamp_min(0) * var_y.clamp_min(0)).clamp_min(1e-20))
             con = (2 * sxsy + self.c2) / denom
-            return {"l": lum, "c": con, "cs": cs, "s": cs / con, "var_y": var_y.detach()}
+            var_w = var_y
+            if self.adaptive and self.weight_sigma is not None and self.weight_sigma != self.sigma:
+                window = gaussian_window(self.win_size, self.weight_sigma, var_y.dtype, var_y.device)
+                var_w = self._stats(sources[:, :1], sources, window)[3]
+            return {"l": lum, "c": con, "cs": cs, "s": cs / con, "var_w": var_w.detach()}
 
     # ---------------------------------------------------------------- public API
     def ssim_map(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -330,7 +342,7 @@ class SSIMAlphaLoss(_Loss):
         else None (fixed weights)."""
         if not self.adaptive:
             return None
-        return self._variance_shares(m["var_y"])
+        return self._variance_shares(m["var_w"])
 
     def _variance_shares(self, var: torch.Tensor) -> torch.Tensor:
         """Each source's share of the summed local variance ``(N, S, ...)``, summing to 1 over S."""

@@ -281,11 +281,36 @@ def test_variance_weights_follow_the_source_with_structure() -> None:
     _, m = adaptive._ssim_map_and_terms(fused, sources)
     w = adaptive.window_weights(m)
     assert torch.allclose(w.sum(dim=1), torch.ones_like(w[:, 0]))
-    var = m["var_y"]
+    var = m["var_w"]
     assert torch.allclose(w[:, 0], var[:, 0] / var.sum(dim=1), atol=1e-6)
     assert float(adaptive.ssim(fused, sources).mean()) == pytest.approx(1 - float(adaptive(fused, sources)), abs=1e-6)
     with pytest.raises(ValueError, match="variance"):
         SSIMAlphaLoss(weights="saliency")
+
+
+def test_weight_sigma_narrows_the_window_of_the_variance_shares() -> None:
+    # a strong step in A (the CT's skull edge) beside fine texture in B (the MRI's scalp)
+    g = torch.Generator().manual_seed(5)
+    a = torch.zeros(1, 1, 32, 32)
+    a[..., :, :14] = 1.0
+    b = 0.5 + 0.05 * torch.rand(1, 1, 32, 32, generator=g)
+    sources = torch.cat([a, b], dim=1)
+    wide, narrow = SSIMAlphaLoss(weights="variance"), SSIMAlphaLoss(weights="variance", weight_sigma=0.75)
+    share_b = {}
+    for name, loss in (("wide", wide), ("narrow", narrow)):
+        _, m = loss._ssim_map_and_terms(b, sources)
+        share_b[name] = loss.window_weights(m)[0, 1, :, 17 - 5]  # column 17: 3 pixels right of the step
+    assert float(share_b["wide"].mean()) < 0.5 < float(share_b["narrow"].mean())
+    # the narrower shares are those of the narrower Gaussian window
+    _, _, _, var, _ = narrow._stats(b, sources, gaussian_window(11, 0.75))
+    _, m = narrow._ssim_map_and_terms(b, sources)
+    assert torch.allclose(narrow.window_weights(m), var / var.sum(dim=1, keepdim=True), atol=1e-6)
+    # sigma equal to the SSIM window's is the default; a non-positive one is refused
+    fused = torch.rand(1, 1, 32, 32, generator=g)
+    same = SSIMAlphaLoss(weights="variance", weight_sigma=1.5)
+    assert float(same(fused, sources)) == float(wide(fused, sources))
+    with pytest.raises(ValueError, match="weight_sigma"):
+        SSIMAlphaLoss(weights="variance", weight_sigma=0.0)
 
 
 def test_wmean_anchors_on_the_source_that_carries_the_structure() -> None:
