@@ -114,7 +114,8 @@ def build_bundle(datalist: Path, output_dir: Path, args: argparse.Namespace, dev
         "val_interval": 10 ** 9, "num_workers": 0,
     })
     if mlflow:
-        parser.update({"tracking_uri": f"sqlite:///{output_dir}/mlruns.db", "experiment_name": "bench_training"})
+        parser.update({"tracking_uri": f"sqlite:///{output_dir}/mlruns.db",
+                       "experiment_name": "bench_training"})
         ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
     return parser
 
@@ -234,7 +235,8 @@ def bench_device(device_name: str, args: argparse.Namespace, datalist: Path, tmp
 
     for name, batched in (("trainer_bundle_mlflow", True), ("trainer_bundle_mlflow_unbatched", False)):
         if batched or args.attribution:
-            tracked = build_bundle(datalist, tmp / f"{name}_{device.type}", args, device_name, bundle_amp, mlflow=True)
+            tracked = build_bundle(datalist, tmp / f"{name}_{device.type}", args, device_name, bundle_amp,
+                                   mlflow=True)
             engine = tracked.get_parsed_content("train#trainer")
             tracked.get_parsed_content("train#checkpoint_latest").attach(engine)
             if batched:
@@ -370,8 +372,8 @@ def _print(report: dict[str, Any]) -> None:
               f"{r['overhead_vs_bare_tensors']:+.1%} vs bare_tensors")
         mlflow_rows = [n for n in ("trainer_bundle_mlflow", "trainer_bundle_mlflow_unbatched") if n in s]
         if mlflow_rows:
-            print("MLflow tracking: " + ", ".join(f"{n} {s[n] / s['trainer_bundle'] - 1:+.1%}" for n in mlflow_rows)
-                  + " vs trainer_bundle")
+            shares = ", ".join(f"{n} {s[n] / s['trainer_bundle'] - 1:+.1%}" for n in mlflow_rows)
+            print(f"MLflow tracking: {shares} vs trainer_bundle")
         if r["handler_profile"]:
             prof = sorted(r["handler_profile"].items(), key=lambda kv: -kv[1])
             print(_table(["handler [event] (one bundle epoch)", "seconds"],

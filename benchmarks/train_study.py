@@ -126,7 +126,8 @@ PRESETS["gpu"] = {
        for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
     **{f"var_grad_fine4_e960{s}": {**_FINE4, "epochs": 960, "validations": 8, **seed}
        for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
-    **{f"var_grad_fine4_e480_seed{k}": {**_FINE4, "epochs": 480, "validations": 8, "seed": k} for k in (1, 2)},
+    **{f"var_grad_fine4_e480_seed{k}": {**_FINE4, "epochs": 480, "validations": 8, "seed": k}
+       for k in (1, 2)},
     **{f"var_gradwmean4_e480{s}": {**_VAR_GWM4, "epochs": 480, "validations": 8, **seed}
        for s, seed in (("", {}), ("_seed1", {"seed": 1}))},
     "wide_var_gradmean4_e480": {**_VAR_GM4, **_WIDE, "epochs": 480, "validations": 8},

@@ -301,9 +301,12 @@ class SSIMAlphaLoss(_Loss):
             con = (2 * sxsy + self.c2) / denom
             var_w = var_y
             if self.adaptive and self.weight_sigma is not None and self.weight_sigma != self.sigma:
-                window = gaussian_window(self.win_size, self.weight_sigma, var_y.dtype, var_y.device)
-                var_w = self._stats(sources[:, :1], sources, window)[3]
+                var_w = self._source_variance(sources, gaussian_window(self.win_size, self.weight_sigma))
             return {"l": lum, "c": con, "cs": cs, "s": cs / con, "var_w": var_w.detach()}
+
+    def _source_variance(self, sources: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """Local variance of each source ``(N, S, H', W')`` over ``window`` (default the loss's)."""
+        return self._stats(sources[:, :1], sources, window)[3]
 
     # ---------------------------------------------------------------- public API
     def ssim_map(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -365,7 +368,7 @@ class SSIMAlphaLoss(_Loss):
     def _wmean_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``F - sum_i w_i S_i`` per pixel with Gaussian-window variance shares ``w_i`` (no gradient
         through them), on the pixels whose window lies inside the image: ``(N, 1, H', W')``."""
-        _, _, _, vy, _ = self._stats(y[:, :1].detach(), y.detach())
+        vy = self._source_variance(y.detach())
         r = self.win_size // 2
         h, w = vy.shape[-2:]
         target = (self._variance_shares(vy) * y[..., r:r + h, r:r + w]).sum(dim=1, keepdim=True)

@@ -138,7 +138,8 @@ class IterationMetricBuffer:
         optimizer = getattr(engine, "optimizer", None)
         if optimizer is not None:
             for name in self.handler.optimizer_param_names:
-                values.update({f"{name}_group_{i}": float(group[name]) for i, group in enumerate(optimizer.param_groups)})
+                values.update({f"{name}_group_{i}": float(group[name])
+                               for i, group in enumerate(optimizer.param_groups)})
         self.add(values, step)
 
 

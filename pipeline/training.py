@@ -117,7 +117,8 @@ def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
 
 
 def buffer_iteration_metrics(engine: Any, every: int = 50) -> int:
-    """One MLflow request per ``every`` training iterations: :func:`pipeline.tracking.buffer_iteration_metrics`."""
+    """One MLflow request per ``every`` training iterations:
+    :func:`pipeline.tracking.buffer_iteration_metrics`."""
     from pipeline.tracking import buffer_iteration_metrics as _buffer
 
     return _buffer(engine, every)

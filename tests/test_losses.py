@@ -162,7 +162,8 @@ def test_second_term_none_is_the_thesis_loss() -> None:
     assert torch.equal(off.second(fused, sources), torch.zeros(3))
 
 
-@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "wmean", "sgradient", "fine", "gradient+mean"])
+@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "wmean", "sgradient", "fine",
+                                  "gradient+mean"])
 def test_second_term_adds_weighted_mean(term: str) -> None:
     fused, sources = _images(3)
     base = float(SSIMAlphaLoss()(fused, sources))

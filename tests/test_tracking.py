@@ -155,7 +155,8 @@ def test_iteration_metrics_are_batched_and_none_is_lost(tmp_path: Path) -> None:
     losses = iter(range(1, 100))
 
     def step(engine: Engine, batch: torch.Tensor) -> dict:
-        return {"image": batch, "label": batch, "pred": batch[:, :1], "loss": torch.tensor(float(next(losses)))}
+        loss = torch.tensor(float(next(losses)))
+        return {"image": batch, "label": batch, "pred": batch[:, :1], "loss": loss}
 
     engine = Engine(step)
     SSIMAlphaTermsHandler(SSIMAlphaLoss(win_size=7), log_interval=100).attach(engine)
