@@ -115,6 +115,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the windows of the MRI's scalp beside it (the FMI_pixel analysis in the model card)
         "var075_gradmean4_e240": {**_VAR_GM4, "weight_sigma": 0.75, "epochs": 240},
         "var075_gradmean4_e240_seed1": {**_VAR_GM4, "weight_sigma": 0.75, "epochs": 240, "seed": 1},
+        # the edge term as Q_ABF scores edges: free between 3/4 and all of the strongest source edge
+        "var_bgradmean4_e240": {**_VAR_GM4, "second_term": "bgradient+mean", "epochs": 240},
+        "var_bgradmean4_e240_seed1": {**_VAR_GM4, "second_term": "bgradient+mean", "epochs": 240, "seed": 1},
     },
 }
 _FINE4 = {**_VAR, "second_term": "gradient+fine", "second_weight": 4.0}
@@ -132,6 +135,10 @@ PRESETS["gpu"] = {
        for s, seed in (("", {}), ("_seed1", {"seed": 1}))},
     "wide_var_gradmean4_e480": {**_VAR_GM4, **_WIDE, "epochs": 480, "validations": 8},
     "wide_var_grad_fine4_e480": {**_FINE4, **_WIDE, "epochs": 480, "validations": 8},
+    # the banded edge term (a second GPU call: six runs at once)
+    **{f"var_bgrad{t}4_e480{s}": {**_VAR, "second_term": f"bgradient+{t}", "second_weight": 4.0, "epochs": 480,
+                                  "validations": 4, **seed}
+       for t in ("mean", "fine") for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
 }
 
 _METRIC_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")

@@ -162,7 +162,7 @@ def test_second_term_none_is_the_thesis_loss() -> None:
     assert torch.equal(off.second(fused, sources), torch.zeros(3))
 
 
-@pytest.mark.parametrize("term", ["gradient", "intensity", "mean", "wmean", "sgradient", "fine",
+@pytest.mark.parametrize("term", ["gradient", "bgradient", "intensity", "mean", "wmean", "sgradient", "fine",
                                   "gradient+mean"])
 def test_second_term_adds_weighted_mean(term: str) -> None:
     fused, sources = _images(3)
@@ -194,6 +194,21 @@ def test_second_terms_reference_values() -> None:
     assert float(SSIMAlphaLoss(second_term="mean").second(average, sources)) == 0.0
     both = SSIMAlphaLoss(second_term="gradient + mean").second(torch.zeros_like(a), sources)
     assert float(both) == pytest.approx(float(target) + float(average.mean()), rel=1e-6)
+
+
+def test_bgradient_is_free_inside_the_band_q_abf_barely_scores() -> None:
+    from pipeline.losses import GRADIENT_BAND
+
+    a = torch.zeros(1, 1, 16, 16)
+    a[..., :, 8:] = 0.8  # a vertical edge in A; B flat
+    sources = torch.cat([a, torch.full_like(a, 0.3)], dim=1)
+    term = SSIMAlphaLoss(second_term="bgradient")
+    edge = float(sobel_magnitude(a).mean())
+    for scale, expected in ((1.0, 0.0), (0.8, 0.0), (GRADIENT_BAND, 0.0), (0.5, (GRADIENT_BAND - 0.5) * edge),
+                            (0.0, GRADIENT_BAND * edge), (1.25, 0.25 * edge)):
+        assert float(term.second(scale * a, sources)) == pytest.approx(expected, abs=1e-6), scale
+    # "gradient" charges the 0.8-strength edge that "bgradient" lets pass
+    assert float(SSIMAlphaLoss(second_term="gradient").second(0.8 * a, sources)) == pytest.approx(0.2 * edge)
 
 
 def test_gradient_term_gradcheck_and_autocast() -> None:
