@@ -23,6 +23,5 @@ timeout "${STUDY_SECONDS:-400}" python3 benchmarks/train_study.py "${args[@]}" -
 echo "study wall time: $(( $(date +%s) - start )) s"
 cp "$db" "$out/study/mlruns.db" 2>/dev/null
 # the table of the configurations that finished (those cut short are read from their train.log)
-done_names=$(cd "$out/study" && ls -d */result.json 2>/dev/null | cut -d/ -f1 | paste -sd, -)
-[ -n "$done_names" ] && python3 benchmarks/train_study.py "${args[@]}" --only "$done_names" 2>&1 | grep "^|"
+python3 benchmarks/train_study.py "${args[@]}" --table-only 2>&1 | grep "^|"
 exit 0

@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per job (0: leave as is)")
     p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default sqlite:///OUT/mlruns.db)")
     p.add_argument("--no-test", action="store_true", help="skip the test-split benchmark")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write the table of the configurations already finished in OUT")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         if skipped:
             print(f"skipping {skipped}: they need --extra-datalist", flush=True)
         configs = {n: c for n, c in configs.items() if c["data"] != "extra"}
-    _init_store(args.tracking_uri)
+    if args.table_only:
+        configs = {}
+    else:
+        _init_store(args.tracking_uri)
     rows: dict[str, dict[str, Any]] = {}
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
