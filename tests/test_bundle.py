@@ -265,6 +265,22 @@ def test_training_is_deterministic_on_cpu(trained: dict, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_validation_leaves_the_training_stream_alone(trained: dict, tmp_path: Path) -> None:
+    """Validating every epoch or only at the end trains the same weights: the validation loader
+    draws no random numbers from the generator that shuffles and crops the training data."""
+    from monai.bundle import run
+
+    weights = []
+    for name, interval in (("every", 1), ("end", 3)):
+        run("training", config_file=str(CONFIGS / "train.yaml"), datalist=str(trained["datalist"]),
+            output_dir=str(tmp_path / name), epochs=3, batch_size=4, patch_size=32, progress_bar=False,
+            device="cpu", seed=5, val_interval=interval)
+        weights.append(torch.load(tmp_path / name / "models" / "latest.pt", weights_only=True)["model"])
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+@pytest.mark.slow
 def test_export_torchscript_and_verify_net(trained: dict, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export, verify_net_in_out
 
