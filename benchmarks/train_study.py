@@ -136,8 +136,8 @@ PRESETS["gpu"] = {
     "wide_var_gradmean4_e480": {**_VAR_GM4, **_WIDE, "epochs": 480, "validations": 8},
     "wide_var_grad_fine4_e480": {**_FINE4, **_WIDE, "epochs": 480, "validations": 8},
     # the banded edge term (a second GPU call: six runs at once)
-    **{f"var_bgrad{t}4_e480{s}": {**_VAR, "second_term": f"bgradient+{t}", "second_weight": 4.0, "epochs": 480,
-                                  "validations": 4, **seed}
+    **{f"var_bgrad{t}4_e480{s}": {**_VAR, "second_term": f"bgradient+{t}", "second_weight": 4.0,
+                                  "epochs": 480, "validations": 4, **seed}
        for t in ("mean", "fine") for s, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
 }
 
@@ -167,12 +167,12 @@ def _bundle_args(cfg: dict[str, Any], datalist: str, out_dir: Path, device: str,
             "--val_interval", str(max(1, cfg["epochs"] // cfg["validations"])),  # model.pt: the best of them
             "--progress_bar", "False", "--tracking", "mlflow", "--tracking_uri", tracking_uri,
             "--experiment_name", "train_study", "--run_name", name]
-    for key in ("alpha", "learning_rate", "batch_size", "patch_size", "epochs", "second_term", "second_weight",
-                "clip_output", "lr_schedule", "seed"):
+    for key in ("alpha", "learning_rate", "batch_size", "patch_size", "epochs", "second_term",
+                "second_weight", "clip_output", "lr_schedule", "seed"):
         args += [f"--{key}", str(cfg[key])]
-    weights = cfg["source_weights"]
     if cfg.get("weight_sigma") is not None:
         args += ["--weight_sigma", str(cfg["weight_sigma"])]
+    weights = cfg["source_weights"]
     args += ["--widths", json.dumps(cfg["widths"]), "--network_def#init_std", str(cfg["init_std"]),
              "--source_weights", weights if isinstance(weights, str) else json.dumps(weights)]
     return args
@@ -215,8 +215,8 @@ def _load_row(path: Path) -> dict[str, Any]:
     if log.is_file():  # the validation columns as the current parser reads them
         val, _ = _parse_val(log.read_text())
         row.update({f"val_{m}": val.get(m) for m in (*METRICS, "val_ssim_alpha")})
-    for key, old in (("lr_schedule", False), ("seed", 0), ("source_weights", [0.5, 0.5]), ("clip_output", False),
-                     ("validations", 4), ("weight_sigma", None)):
+    for key, old in (("lr_schedule", False), ("seed", 0), ("source_weights", [0.5, 0.5]),
+                     ("clip_output", False), ("validations", 4), ("weight_sigma", None)):
         row.setdefault(key, old)
     return row
 
@@ -281,8 +281,9 @@ def _init_store(tracking_uri: str) -> None:
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     """Write ``study.csv`` and ``study.md``; return the markdown table."""
-    cols = ["name", "alpha", "learning_rate", "batch_size", "patch_size", "epochs", "widths", "source_weights",
-            "second_term", "second_weight", "clip_output", "init_std", "lr_schedule", "seed", "data", "val_Q_Y", "val_FMI_pixel", "val_Q_ABF", "val_val_ssim_alpha",
+    cols = ["name", "alpha", "learning_rate", "batch_size", "patch_size", "epochs", "widths",
+            "source_weights", "weight_sigma", "second_term", "second_weight", "clip_output", "init_std",
+            "lr_schedule", "seed", "data", "val_Q_Y", "val_FMI_pixel", "val_Q_ABF", "val_val_ssim_alpha",
             "test_Q_Y", "test_FMI_pixel", "test_Q_ABF", "train_wall_s", "train_cpu_s", "mlflow_run"]
     with open(out / "study.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datalist", required=True, help="CT-MRI datalist (training/validation/test by case)")
-    p.add_argument("--extra-datalist", help="datalist with the PET/SPECT pairs added to training (data: extra)")
+    p.add_argument("--extra-datalist",
+                   help="datalist with the PET/SPECT pairs added to training (data: extra)")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--device", default="cpu", help="torch device of training and test (cpu, cuda:0)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch-scale", type=float, default=1.0, help="multiply every configuration's epochs")
     p.add_argument("--jobs", type=int, default=1, help="configurations trained at once")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per job (0: leave as is)")
-    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default sqlite:///OUT/mlruns.db)")
+    p.add_argument("--tracking-uri", dest="tracking_uri",
+                   help="MLflow store (default sqlite:///OUT/mlruns.db)")
     p.add_argument("--no-test", action="store_true", help="skip the test-split benchmark")
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: write the table of the configurations already finished in OUT")

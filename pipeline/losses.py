@@ -87,9 +87,9 @@ Source weights. The thesis weighs the two sources equally everywhere (``weights=
 where one source has structure and the other is flat (a skull edge in CT over the MRI's dark
 background) the optimum halves the edge. ``weights="variance"`` weighs the SSIM_alpha maps window
 by window with each source's share of the local variance, ``w_i = sigma_i^2 / sum_j sigma_j^2``
-(equal weights where every source is flat, local std below 1e-3 of the range), the saliency rule of Yang's fusion metric Q_Y (Yang et
-al. 2008): the fused image then keeps the full structure of whichever source carries it. The
-weights are computed from the sources alone and carry no gradient.
+(equal weights where every source is flat, local std below 1e-3 of the range), the saliency rule
+of Yang's fusion metric Q_Y (Yang et al. 2008): the fused image then keeps the full structure of
+whichever source carries it. The weights are computed from the sources alone and carry no gradient.
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "GRADIENT_BAND", "gaussian_window", "signed_power", "sobel_gradients",
-           "sobel_magnitude"]
+__all__ = ["SSIMAlphaLoss", "SECOND_TERMS", "GRADIENT_BAND", "gaussian_window", "signed_power",
+           "sobel_gradients", "sobel_magnitude"]
 
-#: ``"bgradient"``: the fraction of the sources' largest gradient magnitude that the fused image's
-#: may fall to at no cost (Q_ABF's edge-strength sigmoid is 0.98 there).
+#: ``"bgradient"``: the fraction of the sources' largest gradient magnitude to which the fused
+#: image's may fall at no cost (Q_ABF's edge-strength sigmoid is 0.98 there).
 GRADIENT_BAND = 0.75
 
 #: Names of the optional second loss term (``"none"``: the thesis's SSIM-alpha loss alone).
@@ -232,7 +232,8 @@ class SSIMAlphaLoss(_Loss):
         #: True for ``weights="variance"`` (per-window weights from the sources' local variances)
         self.adaptive = isinstance(weights, str)
         if self.adaptive and weights != "variance":
-            raise ValueError(f"SSIMAlphaLoss: weights must be a sequence of numbers or 'variance', got {weights!r}")
+            raise ValueError(f"SSIMAlphaLoss: weights must be a sequence of numbers or 'variance', "
+                             f"got {weights!r}")
         w = [0.5, 0.5] if self.adaptive else [float(x) for x in weights]
         if not w or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"SSIMAlphaLoss: weights must be non-negative with a positive sum, "

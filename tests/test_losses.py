@@ -182,7 +182,8 @@ def test_second_terms_reference_values() -> None:
     sources = torch.cat([a, b], dim=1)
     brightest = sources.amax(dim=1, keepdim=True)
     assert float(SSIMAlphaLoss(second_term="intensity").second(brightest, sources)) == 0.0
-    assert float(SSIMAlphaLoss(second_term="intensity").second(torch.zeros_like(a), sources)) == pytest.approx(
+    intensity = SSIMAlphaLoss(second_term="intensity")
+    assert float(intensity.second(torch.zeros_like(a), sources)) == pytest.approx(
         float(brightest.mean()))
     # gradient: the average keeps half of each edge, so it costs; a flat image costs the whole mean max edge
     grad = SSIMAlphaLoss(second_term="gradient")
@@ -257,11 +258,13 @@ def test_clip_scores_the_shipped_image() -> None:
     fused, sources = _images(5)
     raw = fused * 1.6 - 0.3  # values below 0 and above 1
     clipped_loss = SSIMAlphaLoss(clip=True)
-    assert float(clipped_loss(raw, sources)) == pytest.approx(float(SSIMAlphaLoss()(raw.clamp(0, 1), sources)), abs=1e-7)
+    clamped = float(SSIMAlphaLoss()(raw.clamp(0, 1), sources))
+    assert float(clipped_loss(raw, sources)) == pytest.approx(clamped, abs=1e-7)
     # a negative background costs nothing when clipped (the knife edge at 0 is gone) and feels no pull ...
     sources = torch.zeros(1, 2, 24, 24)
     sources[..., 8:16, 8:16] = 0.8
-    out = torch.where(sources[:, :1] > 0, sources[:, :1], torch.full_like(sources[:, :1], -0.2)).requires_grad_()
+    a = sources[:, :1]
+    out = torch.where(a > 0, a, torch.full_like(a, -0.2)).requires_grad_()
     clipped_loss(out, sources).backward()
     assert float(clipped_loss(out.detach(), sources)) == pytest.approx(0.0, abs=1e-6)
     assert float(out.grad[sources[:, :1] == 0].abs().max()) < 1e-7  # the optimum: round-off only
@@ -299,7 +302,8 @@ def test_variance_weights_follow_the_source_with_structure() -> None:
     assert torch.allclose(w.sum(dim=1), torch.ones_like(w[:, 0]))
     var = m["var_w"]
     assert torch.allclose(w[:, 0], var[:, 0] / var.sum(dim=1), atol=1e-6)
-    assert float(adaptive.ssim(fused, sources).mean()) == pytest.approx(1 - float(adaptive(fused, sources)), abs=1e-6)
+    loss_value = float(adaptive(fused, sources))
+    assert float(adaptive.ssim(fused, sources).mean()) == pytest.approx(1 - loss_value, abs=1e-6)
     with pytest.raises(ValueError, match="variance"):
         SSIMAlphaLoss(weights="saliency")
 
