@@ -20,6 +20,7 @@ from pipeline.inference import (
 )
 from pipeline.io import ImageReadError
 from pipeline.networks import FusionNet
+from tolerances import float32_network_atol
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +154,13 @@ def test_fuser_matches_eager_network(checkpoint: Path, rng: np.random.Generator)
     with torch.no_grad():  # the plain eval network, as trained
         x = torch.from_numpy(np.stack([a, b], axis=1).astype(np.float32))
         expected = net(x)[:, 0].clamp(0, 1).numpy()
+    # folding, memory layout and batch size change the float32 summation order: round-off only
+    atol = float32_network_atol(net, x)
     got = fast.fuse_gray_batch(a, b)  # 5 pairs in chunks of 2
     assert got.shape == (5, 24, 20) and got.dtype == np.float64
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(eager.fuse_gray_batch(a, b), expected, atol=1e-6)
-    np.testing.assert_allclose(fast.fuse_gray(a[3], b[3]), expected[3], atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=atol)
+    np.testing.assert_allclose(eager.fuse_gray_batch(a, b), expected, atol=atol)
+    np.testing.assert_allclose(fast.fuse_gray(a[3], b[3]), expected[3], atol=atol)
     assert np.ptp(expected) > 0.05
     with pytest.raises(ValueError, match="batch_size"):
         CNNFuser(net, batch_size=0)
@@ -176,7 +179,11 @@ def test_fuse_many_equals_fuse(checkpoint: Path, rng: np.random.Generator) -> No
     many = fuser.fuse_many(pairs)
     assert [m.shape for m in many] == [(16, 18), (16, 18, 3), (20, 12), (16, 18, 3), (16, 18)]
     for (a, b), got in zip(pairs, many):
-        np.testing.assert_allclose(got, fuser.fuse(a, b), atol=1e-6)
+        # batch size 2 against 1 changes the float32 summation order; the colour pairs' RGB carry the
+        # luminance error with coefficient 1 (the chroma is the source's)
+        luminance = [rgb_to_ycbcr(s)[..., 0] if s.ndim == 3 else s for s in (a, b)]
+        x = torch.from_numpy(np.stack(luminance)[None].astype(np.float32))
+        np.testing.assert_allclose(got, fuser.fuse(a, b), atol=float32_network_atol(fuser.network, x))
     assert fuser.fuse_many([]) == []
 
 
