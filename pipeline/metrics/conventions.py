@@ -53,12 +53,14 @@ class UnknownConventionError(ValueError):
 def opencv_gray(image: np.ndarray) -> np.ndarray:
     """Gray levels as ``np.round(cv2.cvtColor(imread(path).astype(float32), COLOR_BGR2GRAY))``.
 
-    OpenCV's float32 conversion, vector path (the one that runs on x86 AVX2 and ARM NEON for
-    rows of 8 pixels and more): ``fma(R, 0.299f, fma(G, 0.587f, B * 0.114f))``, each step
-    rounded to float32, then numpy's round half to even. For 8-bit values the products and sums
-    are exact in float64, so rounding each step to float32 reproduces the fused multiply-adds
-    bit for bit. A gray image is read by ``imread`` as three equal channels, which this maps
-    back to the same levels.
+    OpenCV's float32 conversion (its universal-intrinsics path, used whenever a row holds a
+    vector of pixels): ``fma(R, 0.299f, fma(G, 0.587f, B * 0.114f))``, each step rounded to
+    float32, then numpy's round half to even. For 8-bit values every product and sum is exact in
+    float64, so rounding each step to float32 reproduces the fused multiply-adds bit for bit.
+    Builds that hand the conversion to Intel IPP (the x86 pip wheels) or run it scalar differ
+    only in the order of those roundings, which can turn an exact ``.5`` tie (``52.5`` for RGB
+    ``(0, 84, 28)``) the other way. A gray image is what ``imread`` reads as three equal
+    channels; it comes back unchanged.
 
     Args:
         image: ``(H, W)`` gray or ``(H, W, 3)`` RGB array in 0..255 (R, G, B order, as
@@ -66,16 +68,19 @@ def opencv_gray(image: np.ndarray) -> np.ndarray:
 
     Returns:
         float64 ``(H, W)`` array of integer gray levels 0..255.
+
+    Raises:
+        ValueError: an array that is neither ``(H, W)`` nor ``(H, W, 3)``.
     """
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W) gray or (H, W, 3) RGB image, got shape {arr.shape}")
-    red, green, blue = (arr[..., k].astype(np.float32).astype(np.float64) for k in range(3))
-    acc = (blue.astype(np.float32) * _CV_B).astype(np.float64)
-    acc = (green * np.float64(_CV_G) + acc).astype(np.float32).astype(np.float64)
-    gray = (red * np.float64(_CV_R) + acc).astype(np.float32)
+    red, green, blue = (arr[..., k].astype(np.float32) for k in range(3))
+    acc = blue * _CV_B  # a float32 product, rounded once
+    acc = (green.astype(np.float64) * float(_CV_G) + acc).astype(np.float32)  # fma, one rounding
+    gray = (red.astype(np.float64) * float(_CV_R) + acc).astype(np.float32)
     return np.round(gray).astype(np.float64)
 
 
