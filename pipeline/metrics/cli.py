@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics
-from pipeline.metrics.conventions import CONVENTION_NAMES, Convention, get_convention
+from pipeline.metrics.conventions import CONVENTIONS, Convention, get_convention
 
 __all__ = ["add_arguments", "run", "pair_folders"]
 
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="colour images: 'y' = the Y channel (default), "
                              "'per-channel' = mean over RGB (VIFB); a --convention fixes its own")
     parser.add_argument("--convention", default="project",
-                        help="whose columns, names and image reading: " + ", ".join(CONVENTION_NAMES)
-                             + " (default: project)")
+                        help="whose columns, names and image reading (default: project): "
+                             + "; ".join(f"{c.name} = {c.summary}" for c in CONVENTIONS.values()))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

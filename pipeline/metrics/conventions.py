@@ -17,6 +17,8 @@ cddfuse`` then print numbers that can stand beside that evaluator's tables.
   ``SSIM`` are sums over the sources; ``SF`` is the mean-squared-difference form; ``SSIM`` is
   scikit-image's (7x7 box, sample covariance) with ``data_range = 2``, the float range that
   scikit-image 0.19 assumes for float input, so ``C1 = (0.02)^2``, ``C2 = (0.06)^2`` on 0..255.
+  CDDFuse computes SD, SF, SCD, Qabf and SSIM on float32 arrays; these float64 values differ
+  from its prints by that round-off only.
 - ``vifb``: VIFB's 13 metrics under VIFB's names (Zhang et al., CVPRW 2020): each computed on
   the R, G and B channels and averaged (``colour="per-channel"``; a gray image stands for all
   three), files decoded as stored (JPEG included).
@@ -27,7 +29,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -84,7 +86,8 @@ def opencv_gray(image: np.ndarray) -> np.ndarray:
     return np.round(gray).astype(np.float64)
 
 
-def _as_read(image: np.ndarray) -> np.ndarray:
+def _unchanged(image: np.ndarray) -> np.ndarray:
+    """The image as decoded: the evaluator scores what the file holds."""
     return np.asarray(image)
 
 
@@ -120,7 +123,7 @@ class Convention:
     summary: str
     columns: tuple[Column, ...]
     colour: str
-    prepare: Callable[[np.ndarray], np.ndarray] = _as_read
+    prepare: Callable[[np.ndarray], np.ndarray] = _unchanged
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -170,6 +173,7 @@ class Convention:
 
 
 def _project() -> Convention:
+    """The registry itself as a convention: every metric under its own name, colour on Y."""
     from pipeline.metrics import METRIC_NAMES
 
     return Convention("project", "the project's names and definitions (pipeline.metrics)",
@@ -248,7 +252,7 @@ def compute_convention(
     convention: str,
     names: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-    nan_policy: str = "raise",
+    nan_policy: Literal["raise", "warn"] = "raise",
 ) -> dict[str, float]:
     """The columns of ``convention`` for one fused image, keyed and ordered as it prints them.
 
