@@ -22,8 +22,10 @@ for a new experiment).
 
 Images are read as 8-bit, fused as float in [0, 1] and written as 8-bit PNG; metrics score the
 written 8-bit images on the 0..255 scale, as the reference toolboxes score saved files (colour
-pairs on the Y channel). A metric that is undefined for a pair (NaN) is kept in the CSV with a
-warning and left out of the means. Methods
+pairs on the Y channel). ``--convention cddfuse`` (or ``vifb``) scores them as that evaluator does
+instead, under its column names and in its order (:mod:`pipeline.metrics.conventions`): the CSV
+columns, the summary rows and the MLflow keys are then that convention's. A metric that is
+undefined for a pair (NaN) is kept in the CSV with a warning and left out of the means. Methods
 whose requirements are missing (LP-CNN weights, the trained checkpoint) are skipped with a message.
 """
 
@@ -135,7 +137,7 @@ def summarise(
 
 def summary_markdown(
     table: dict[str, dict[str, tuple[float, float]]], metrics: Sequence[str], title: str, n_pairs: int,
-    skipped: dict[str, str],
+    skipped: dict[str, str], lower_is_better: frozenset[str] = LOWER_IS_BETTER,
 ) -> str:
     """The summary table as Markdown: metrics as rows, methods as columns, the best in bold.
 
@@ -145,6 +147,8 @@ def summary_markdown(
         title: heading line.
         n_pairs: number of pairs scored.
         skipped: methods skipped and why.
+        lower_is_better: the columns for which a smaller mean is the best (default: the
+            project's names, :data:`LOWER_IS_BETTER`).
 
     Returns:
         the Markdown text.
@@ -155,9 +159,9 @@ def summary_markdown(
     for name in columns:
         means = [table[m][name][0] for m in methods if math.isfinite(table[m][name][0])]
         if means:
-            best[name] = min(means) if name in LOWER_IS_BETTER else max(means)
+            best[name] = min(means) if name in lower_is_better else max(means)
     lines = [f"# {title}", "", f"Mean +- standard deviation over {n_pairs} pairs; best in bold "
-             f"(lower is better for {', '.join(sorted(LOWER_IS_BETTER))}, higher for the rest). "
+             f"(lower is better for {', '.join(sorted(lower_is_better))}, higher for the rest). "
              "`seconds` is the fusion time per pair.", ""]
     # metrics as rows and methods as columns, like the thesis's Tables 4.1/4.2
     lines.append("| metric | " + " | ".join(methods) + " |")
@@ -275,6 +279,7 @@ def run_benchmark(
     limit: int | None = None,
     mlflow_logging: bool = True,
     progress: bool = True,
+    convention: str = "project",
 ) -> BenchmarkResult:
     """Fuse every pair of a split with each method, score, summarise, draw and log.
 
@@ -283,7 +288,8 @@ def run_benchmark(
         out: output folder (created; files in it are replaced).
         split: ``training``, ``validation`` or ``test``.
         methods: method names from :data:`pipeline.baselines.METHODS`.
-        metrics: metric names; default ``pipeline.metrics.DEFAULT_METRICS``.
+        metrics: metric names; default ``pipeline.metrics.DEFAULT_METRICS`` (with another
+            convention: its column names, default all of them in its order).
         colour: colour mode for PET/SPECT pairs (``ycbcr`` or ``per-channel``).
         checkpoint: trained network weights for ``cnn``.
         lpcnn_weights: ``cnnmodel.mat`` for ``lpcnn``.
@@ -294,22 +300,35 @@ def run_benchmark(
         limit: use only the first ``limit`` pairs (quick looks).
         mlflow_logging: log the run to MLflow.
         progress: show a tqdm progress bar.
+        convention: ``project`` (default), ``cddfuse`` or ``vifb``: whose columns and definitions
+            score the fused images (:mod:`pipeline.metrics.conventions`).
 
     Returns:
         a :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: unknown method names, no runnable method, or an empty split.
+        ValueError: unknown method names, convention or column names, no runnable method, or an
+            empty split.
     """
     from data_prep.datalist import load_datalist
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    entries = load_datalist(datalist, split)
     from pipeline.metrics import DEFAULT_METRICS, compute_metrics
+    from pipeline.metrics.conventions import get_convention
 
-    metric_names = list(metrics) if metrics else list(DEFAULT_METRICS)
+    conv = get_convention(convention)
+    entries = load_datalist(datalist, split)
+    if conv.name == "project":
+        metric_names = list(metrics) if metrics else list(DEFAULT_METRICS)
+        lower_is_better = LOWER_IS_BETTER
+        scoring: dict[str, Any] = {"colour": "y"}
+    else:
+        metric_names = [c.name for c in conv.select(list(metrics) if metrics else None)]
+        lower = (n for n in metric_names if conv.metric_of(n) in LOWER_IS_BETTER)
+        lower_is_better = frozenset({"seconds", *lower})
+        scoring = {"convention": conv.name}
     if limit is not None:
         entries = entries[: max(0, int(limit))]
     if not entries:
@@ -350,7 +369,7 @@ def run_benchmark(
                 write_png(target, fused)
                 f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
                 scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
-                                         names=metric_names, colour="y", nan_policy="warn")
+                                         names=metric_names, nan_policy="warn", **scoring)
                 row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
                        "slice": int(entry["slice"]), "seconds": seconds}
                 row.update({k: float(scores[k]) for k in metric_names})
@@ -371,8 +390,9 @@ def run_benchmark(
     _write_csv(out / "results.csv", result.rows, metric_names)
     table = summarise(result.rows, runnable, metric_names)
     pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
-    text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({colour})",
-                            len(entries), skipped)
+    scored = colour if conv.name == "project" else f"{colour}; {conv.name} convention"
+    text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({scored})",
+                            len(entries), skipped, lower_is_better)
     tmp = out / ".summary.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / "summary.md")
@@ -381,6 +401,8 @@ def run_benchmark(
                       "skipped": ",".join(skipped) or "none", "metrics": ",".join(metric_names), "colour": colour,
                       "n_pairs": len(entries), "checkpoint": checkpoint or "default",
                       "lpcnn_weights": lpcnn_weights or "default"}
+        if conv.name != "project":
+            run_params["convention"] = conv.name
         try:
             from pipeline.tracking import file_sha256
 
@@ -398,7 +420,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {DEFAULT_METHODS}")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated metric names (default: the registry's defaults, all of them)")
+                        help="comma-separated metric names (default: the registry's defaults, all of them; "
+                             "with --convention: its columns)")
+    parser.add_argument("--convention", default="project",
+                        help="whose metric columns and definitions: project (default), cddfuse, vifb")
     parser.add_argument("--colour", default="ycbcr", choices=("ycbcr", "per-channel"), help="colour mode for PET/SPECT")
     parser.add_argument("--checkpoint", default=None, help="trained network weights for cnn")
     parser.add_argument("--lpcnn-weights", default=None, help="cnnmodel.mat for lpcnn")
@@ -417,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=_split_list(args.metrics) or None, colour=args.colour, checkpoint=args.checkpoint,
         lpcnn_weights=args.lpcnn_weights, device=args.device, tracking_uri=args.tracking_uri,
         experiment=args.experiment, n_figures=args.figures, limit=args.limit, mlflow_logging=not args.no_mlflow,
+        convention=args.convention,
     )
     print((result.out / "summary.md").read_text())
     print(f"results: {result.out / 'results.csv'}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from data_prep.datalist import SlicePair, SplitSpec, write_dataset
+from data_prep.datalist import SlicePair, SplitSpec, load_datalist, write_dataset
 from pipeline.cli import main
 from pipeline.io import read_image
 
@@ -83,3 +83,56 @@ def test_benchmark_errors(datalist, tmp_path, capsys):
     assert "unknown method(s) sift" in capsys.readouterr().err
     assert main(["benchmark", "--datalist", str(tmp_path / "missing.json"), "--methods", "wa", "--out", out]) == 2
     assert "no such datalist" in capsys.readouterr().err
+
+
+@pytest.fixture
+def datalist48(tmp_path, rng):
+    """One CT-MRI test pair of 48x48 (VIF's 'valid' windows need 33x33)."""
+    pairs = []
+    for case in ("1", "2", "3"):
+        ct = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+        mri = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+        pairs.append(SlicePair(ct, mri, "CT", "MRI", case, 1))
+    spec = SplitSpec(cases={"training": ["1"], "validation": ["2"], "test": ["3"]})
+    write_dataset(pairs, tmp_path / "data48", split=spec)
+    return tmp_path / "data48" / "datalist.json"
+
+
+def test_benchmark_convention_columns(datalist48, tmp_path, capsys):
+    from pipeline.metrics import compute_metrics
+    from pipeline.metrics.conventions import get_convention
+
+    out = tmp_path / "bench_cddfuse"
+    assert main(["benchmark", "--datalist", str(datalist48), "--methods", "wa,lp", "--out", str(out),
+                 "--convention", "cddfuse", "--figures", "0", "--no-mlflow"]) == 0
+    names = list(get_convention("cddfuse").names)
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["method", "pair", "case", "slice", "seconds", *names]
+    summary = (out / "summary.md").read_text()
+    assert "(ycbcr; cddfuse convention)" in summary
+    assert [line.split(" | ")[0][2:] for line in summary.splitlines() if line.startswith("| ")][1:] == [
+        *names, "seconds"]
+    entry = load_datalist(datalist48, "test")[0]
+    a, b = read_image(entry["image_a"]), read_image(entry["image_b"])
+    f = read_image(out / "fused" / "wa" / "3_001.png")
+    expected = compute_metrics(a, b, f, convention="cddfuse")
+    row = next(r for r in rows if r["method"] == "wa")
+    assert {k: float(row[k]) for k in names} == pytest.approx(expected, rel=1e-5)
+
+    # VIFB's names; its lower-is-better columns (Qcv, Rmse, Cross_entropy) take the smallest mean.
+    out = tmp_path / "bench_vifb"
+    assert main(["benchmark", "--datalist", str(datalist48), "--methods", "wa,lp", "--out", str(out),
+                 "--convention", "vifb", "--metrics", "Rmse,Ssim", "--figures", "0", "--no-mlflow"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[5:] == ["Rmse", "Ssim"]
+    summary = (out / "summary.md").read_text()
+    assert "lower is better for Rmse, seconds" in summary
+    rmse = {m: float(next(r["Rmse"] for r in rows if r["method"] == m)) for m in ("wa", "lp")}
+    cells = next(line for line in summary.splitlines() if line.startswith("| Rmse |")).split(" | ")
+    assert cells[1 + ("wa", "lp").index(min(rmse, key=rmse.get))].startswith("**")
+
+    assert main(["benchmark", "--datalist", str(datalist48), "--methods", "wa", "--out", str(out),
+                 "--convention", "matlab", "--no-mlflow"]) == 2
+    assert "valid conventions: project, cddfuse, vifb" in capsys.readouterr().err

@@ -85,12 +85,17 @@ def test_inf_is_written_as_string(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert json.loads(capsys.readouterr().out) == {"PSNR": "inf", "FMI_pixel": 1.0}
 
 
+def _colour_triple(folder: Path, size: int, seed: int) -> list[str]:
+    """A colour PET, a gray MRI and a colour fused image of random pixels, as PNG files."""
+    rng = np.random.default_rng(seed)
+    write_png(folder / "pet.png", rng.random((size, size, 3)))
+    write_png(folder / "mri.png", rng.random((size, size)))
+    write_png(folder / "fused.png", rng.random((size, size, 3)))
+    return [str(folder / n) for n in ("pet.png", "mri.png", "fused.png")]
+
+
 def test_colour_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rng = np.random.default_rng(3)
-    write_png(tmp_path / "pet.png", rng.random((32, 32, 3)))
-    write_png(tmp_path / "mri.png", rng.random((32, 32)))
-    write_png(tmp_path / "fused.png", rng.random((32, 32, 3)))
-    files = [str(tmp_path / n) for n in ("pet.png", "mri.png", "fused.png")]
+    files = _colour_triple(tmp_path, 32, seed=3)
     results = {}
     for mode in ("y", "per-channel"):
         assert main(["metrics", *files, "--metrics", "SF", "--colour", mode, "--json"]) == 0
@@ -109,3 +114,44 @@ def test_errors(folders: tuple, capsys: pytest.CaptureFixture) -> None:
     assert "not a mix" in capsys.readouterr().err
     assert main(["metrics", files[0], files[1], files[2] + ".missing"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_convention_columns_in_order(folders: tuple, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.metrics.conventions import get_convention
+
+    files = [d / "2010.png" for d in folders]
+    for name in ("cddfuse", "vifb"):
+        conv = get_convention(name)
+        assert main(["metrics", *map(str, files), "--convention", name, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert list(out) == list(conv.names)
+        expected = compute_metrics(*(conv.read(p) for p in files), convention=name)
+        assert out == pytest.approx(expected, rel=1e-12)
+    args = ["metrics", *map(str, folders), "--convention", "cddfuse", "--metrics", "Qabf,EN", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["images"]["2011"]) == ["Qabf", "EN"] and list(out["summary"]) == ["Qabf", "EN"]
+    assert main(["metrics", *map(str, files), "--convention", "vifb", "--metrics", "Ssim,Qcv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["Ssim", "Qcv"]
+
+
+def test_convention_reads_colour_as_opencv_gray(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.metrics.conventions import opencv_gray
+
+    files = _colour_triple(tmp_path, 40, seed=5)
+    assert main(["metrics", *files, "--convention", "cddfuse", "--metrics", "SD,SF", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    gray = [opencv_gray(read_image(p)) for p in files]
+    assert out == compute_metrics(*gray, ["SD", "SF"], convention="cddfuse")
+
+
+def test_convention_errors(folders: tuple, capsys: pytest.CaptureFixture) -> None:
+    files = [str(d / "2010.png") for d in folders]
+    assert main(["metrics", *files, "--convention", "matlab"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown convention 'matlab'; valid conventions: project, cddfuse, vifb"]
+    assert main(["metrics", *files, "--convention", "cddfuse", "--metrics", "Q_ABF"]) == 2
+    assert "Valid names: EN, SD, SF, MI, SCD, VIF, Qabf, SSIM" in capsys.readouterr().err
+    assert main(["metrics", *files, "--convention", "vifb", "--colour", "y"]) == 2
+    assert "per-channel" in capsys.readouterr().err

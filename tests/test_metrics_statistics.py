@@ -66,6 +66,11 @@ def test_known_values() -> None:
     ramp = np.tile(np.arange(8.0), (5, 1))  # d/dx = 1 everywhere, d/dy = 0
     assert S.average_gradient(ramp) == pytest.approx(40 * math.sqrt(0.5) / (4 * 7))
     assert S.spatial_frequency(ramp) == pytest.approx(math.sqrt(5 * 7 / 40))
+    # CDDFuse's form: the mean squared difference along each axis (here 1 and 0).
+    assert S.spatial_frequency(ramp, average="differences") == pytest.approx(1.0)
+    assert S.spatial_frequency(np.arange(6.0)[None], average="differences") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown average"):
+        S.spatial_frequency(ramp, average="mean")
     # Sobel (not /8) on a unit ramp: |gx| = 8 inside, 4 at the replicated left/right borders.
     assert S.edge_intensity(ramp) == pytest.approx((6 * 8 + 2 * 4) / 8)
 

@@ -4,6 +4,7 @@ policy, properties, torch."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -210,3 +211,33 @@ def test_torch_refuses_bad_shapes() -> None:
 
 def test_flat_policies_are_listed() -> None:
     assert FLAT_POLICIES == ("limit", "exclude", "canonical")
+
+
+def _skimage_ssim_reference(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """scikit-image's structural_similarity written out in float64 (7x7 box, sample covariance)."""
+    from scipy.ndimage import uniform_filter
+
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    ux, uy = uniform_filter(x, 7), uniform_filter(y, 7)
+    norm = 49.0 / 48.0
+    vx = norm * (uniform_filter(x * x, 7) - ux * ux)
+    vy = norm * (uniform_filter(y * y, 7) - uy * uy)
+    vxy = norm * (uniform_filter(x * y, 7) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s[3:-3, 3:-3].mean())
+
+
+@pytest.mark.parametrize("data_range", [255.0, 2.0])
+def test_ssim_skimage_variant(texture, data_range: float) -> None:
+    a, b, f = texture
+    expected = _skimage_ssim_reference(f, a, data_range) + _skimage_ssim_reference(f, b, data_range)
+    assert ssim(a, b, f, variant="skimage", data_range=data_range) == pytest.approx(expected, abs=1e-10)
+    assert ssim(a, a, a, variant="skimage", data_range=data_range) == pytest.approx(2.0, abs=1e-12)
+    assert ssim(a, b, f, data_range=255.0) == ssim(a, b, f)  # the default is VIFB's
+    small = np.arange(64.0).reshape(8, 8)
+    assert math.isfinite(ssim(small, small, small, variant="skimage"))
+    with pytest.raises(ValueError, match="unknown SSIM variant"):
+        ssim(a, b, f, variant="wang")
+    with pytest.raises(ValueError, match="data_range"):
+        ssim(a, b, f, data_range=0)

@@ -22,6 +22,10 @@ Colour (``compute_metrics(..., colour=...)``):
   themselves and apply VIFB's own rule, which for ``SF`` is not a channel average (see
   :func:`pipeline.metrics.statistics.spatial_frequency`).
 
+Conventions (``compute_metrics(..., convention=...)``): ``"project"`` (default) is the vocabulary
+above; ``"cddfuse"`` and ``"vifb"`` print another evaluator's columns, under its names and in its
+order, computed its way (image reading, colour, units): see :mod:`pipeline.metrics.conventions`.
+
 NaN is never silent: a metric value that is NaN raises :class:`MetricValueError` naming the metric
 (``nan_policy="warn"`` keeps it with a warning instead). ``PSNR`` may be ``inf`` (F equals both
 sources), which is a perfect score, not a missing one.
@@ -240,9 +244,10 @@ def compute_metrics(
     b: np.ndarray,
     f: np.ndarray,
     names: Sequence[str] | None = None,
-    colour: ColourMode = "y",
+    colour: ColourMode | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     nan_policy: Literal["raise", "warn"] = "raise",
+    convention: str = "project",
 ) -> dict[str, float]:
     """Compute several metrics of one fused image.
 
@@ -250,21 +255,36 @@ def compute_metrics(
         a: first source, ``(H, W)`` or ``(H, W, 3)``, 0..255 (``uint8`` or float).
         b: second source, same height and width.
         f: fused image, same height and width.
-        names: metric names (default :data:`DEFAULT_METRICS`, the whole vocabulary).
-        colour: ``"y"`` or ``"per-channel"`` (see the module docstring); irrelevant when all three
-            images are gray.
-        options: per-metric keyword arguments, e.g. ``{"Q_Y": {"flat": "canonical"}}``.
+        names: metric names (default :data:`DEFAULT_METRICS`, the whole vocabulary); with another
+            convention, its column names (default: all of them, in its order).
+        colour: ``"y"`` (default) or ``"per-channel"`` (see the module docstring); irrelevant when
+            all three images are gray. Another convention fixes its own colour handling: leave
+            this ``None`` (or give that same mode).
+        options: per-metric keyword arguments, e.g. ``{"Q_Y": {"flat": "canonical"}}`` (with
+            another convention: keyed by its column names).
         nan_policy: ``"raise"`` (default) raises :class:`MetricValueError` on a NaN value;
             ``"warn"`` keeps the NaN and emits a RuntimeWarning.
+        convention: ``"project"`` (default), ``"cddfuse"`` or ``"vifb"``; see
+            :mod:`pipeline.metrics.conventions`.
 
     Returns:
         ``{name: value}`` in the order of ``names``.
 
     Raises:
         UnknownMetricError: a name is not in the vocabulary (checked before any computation).
-        ValueError: bad images (shape, grid, NaN pixels), bad colour mode or options.
+        ValueError: bad images (shape, grid, NaN pixels), bad colour mode, options or convention
+            (:class:`pipeline.metrics.conventions.UnknownConventionError` lists the valid names).
         MetricValueError: a metric returned NaN and ``nan_policy`` is ``"raise"``.
     """
+    if convention != "project":
+        from pipeline.metrics.conventions import compute_convention, get_convention
+
+        conv = get_convention(convention)
+        if colour is not None and colour != conv.colour:
+            raise ValueError(f"the {conv.name} convention scores colour its own way ({conv.colour!r}); "
+                             f"leave colour unset instead of {colour!r}")
+        return compute_convention(a, b, f, conv.name, names, options, nan_policy)
+    colour = "y" if colour is None else colour
     names = list(DEFAULT_METRICS if names is None else names)
     specs = [get_spec(name) for name in names]
     if colour not in COLOUR_MODES:

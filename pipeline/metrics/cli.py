@@ -9,6 +9,9 @@ deviation (sample standard deviation, 0 for one image). ``--json`` prints one JS
 
 Files are decoded by :func:`pipeline.io.read_image` (8-bit, 0..255); colour is handled as
 :func:`pipeline.metrics.compute_metrics` documents (``--colour y`` or ``per-channel``).
+``--convention cddfuse`` (or ``vifb``) prints that evaluator's columns in its order instead, with
+its image reading and colour handling (:mod:`pipeline.metrics.conventions`); ``--metrics`` then
+takes its column names.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import read_image
-from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics, get_spec
+from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics
+from pipeline.metrics.conventions import CONVENTIONS, Convention, get_convention
 
 __all__ = ["add_arguments", "run", "pair_folders"]
 
@@ -34,20 +37,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("f", type=Path, help="fused image, or a folder of them (same names)")
     parser.add_argument("--metrics", default=None,
                         help="comma-separated metric names (default: all: " + ",".join(DEFAULT_METRICS) + ")")
-    parser.add_argument("--colour", choices=COLOUR_MODES, default="y",
+    parser.add_argument("--colour", choices=COLOUR_MODES, default=None,
                         help="colour images: 'y' = the Y channel (default), "
-                             "'per-channel' = mean over RGB (VIFB)")
+                             "'per-channel' = mean over RGB (VIFB); a --convention fixes its own")
+    parser.add_argument("--convention", default="project",
+                        help="whose columns, names and image reading (default: project): "
+                             + "; ".join(f"{c.name} = {c.summary}" for c in CONVENTIONS.values()))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def _parse_names(text: str | None) -> list[str]:
+def _parse_names(text: str | None, convention: Convention) -> list[str]:
     if text is None:
-        return list(DEFAULT_METRICS)
+        return list(DEFAULT_METRICS) if convention.name == "project" else list(convention.names)
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise ValueError("--metrics is empty; give comma-separated names such as Q_Y,FMI_pixel")
-    for name in names:
-        get_spec(name)  # fails fast, listing the valid names
+    if convention.name == "project":
+        from pipeline.metrics import get_spec
+
+        for name in names:
+            get_spec(name)  # fails fast, listing the valid names
+    else:
+        convention.select(names)  # fails fast, listing the convention's columns
     return names
 
 
@@ -102,18 +113,20 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``metrics`` command; returns the exit status (0 on success).
 
     Raises:
-        ValueError: unknown metric names, mixed file/folder arguments, unpaired or unreadable
-            images (the CLI prints the message and exits with status 2).
+        ValueError: unknown metric names or convention, mixed file/folder arguments, unpaired or
+            unreadable images (the CLI prints the message and exits with status 2).
         FileNotFoundError: a path does not exist.
     """
-    names = _parse_names(args.metrics)
+    convention = get_convention(args.convention)
+    names = _parse_names(args.metrics, convention)
+    read, kwargs = convention.read, {"colour": args.colour, "convention": convention.name}
     paths = (args.a, args.b, args.f)
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
     if all(path.is_dir() for path in paths):
         rows = {
-            name: compute_metrics(read_image(pa), read_image(pb), read_image(pf), names, colour=args.colour)
+            name: compute_metrics(read(pa), read(pb), read(pf), names, **kwargs)
             for name, pa, pb, pf in pair_folders(*paths)
         }
         summary = _summary(rows, names)
@@ -134,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if any(path.is_dir() for path in paths):
         raise ValueError("give three image files or three folders, not a mix: " + ", ".join(map(str, paths)))
-    images = read_image(args.a), read_image(args.b), read_image(args.f)
-    values = compute_metrics(*images, names, colour=args.colour)
+    images = read(args.a), read(args.b), read(args.f)
+    values = compute_metrics(*images, names, **kwargs)
     if args.json:
         print(json.dumps({m: _jsonable(v) for m, v in values.items()}, indent=2))
     else:

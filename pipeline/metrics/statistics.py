@@ -21,6 +21,8 @@ Definitions that are VIFB's own, not the textbook's (kept because VIFB's numbers
   it over the two sources and ``PSNR = 20 log10(255 / sqrt(mean of it))``. Hence VIFB's RMSE ~ 0.1
   and PSNR ~ 58 dB. ``definition="standard"`` gives the textbook values instead.
 - ``AG`` divides the sum over all H x W pixels by ``(H - 1)(W - 1)``.
+- ``SF`` divides each sum of squared differences by the pixel count; ``average="differences"``
+  takes their means instead (CDDFuse's evaluator).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 Definition = Literal["vifb", "standard"]
+SfAverage = Literal["pixels", "differences"]
 
 # fspecial('sobel') of MATLAB: the horizontal-edge Sobel kernel, not divided by 8.
 _SOBEL = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
@@ -110,14 +113,18 @@ def standard_deviation(fused: np.ndarray) -> float:
     return _per_channel(lambda x: float(np.sqrt(np.mean((x - x.mean()) ** 2))), fused)
 
 
-def _spatial_frequency_2d(x: np.ndarray) -> float:
+def _spatial_frequency_2d(x: np.ndarray, average: SfAverage = "pixels") -> float:
     rows, cols = x.shape
-    row_term = np.sum(np.diff(x, axis=1) ** 2) / (rows * cols)
-    col_term = np.sum(np.diff(x, axis=0) ** 2) / (rows * cols)
+    if average == "pixels":
+        row_term = np.sum(np.diff(x, axis=1) ** 2) / (rows * cols)
+        col_term = np.sum(np.diff(x, axis=0) ** 2) / (rows * cols)
+    else:  # a single row or column has no differences along it: that term is 0
+        row_term = np.mean(np.diff(x, axis=1) ** 2) if cols > 1 else 0.0
+        col_term = np.mean(np.diff(x, axis=0) ** 2) if rows > 1 else 0.0
     return float(np.sqrt(row_term + col_term))
 
 
-def spatial_frequency(fused: np.ndarray) -> float:
+def spatial_frequency(fused: np.ndarray, average: SfAverage = "pixels") -> float:
     """Spatial frequency ``SF = sqrt(RF^2 + CF^2)`` of the fused image (Eskicioglu & Fisher 1995).
 
     ``RF^2`` and ``CF^2`` are the sums of squared horizontal and vertical neighbour differences,
@@ -130,14 +137,22 @@ def spatial_frequency(fused: np.ndarray) -> float:
 
     Args:
         fused: ``(H, W)`` or ``(H, W, 3)`` image in 0..255.
+        average: ``"pixels"`` (default, VIFB): both sums divided by the pixel count H W;
+            ``"differences"``: each sum divided by its number of differences, ``H (W - 1)`` and
+            ``(H - 1) W`` (the mean squared difference, as CDDFuse's evaluator computes it).
 
     Returns:
         the spatial frequency, in gray levels.
+
+    Raises:
+        ValueError: an unknown ``average``.
     """
+    if average not in ("pixels", "differences"):
+        raise ValueError(f"spatial_frequency: unknown average {average!r}; use 'pixels' or 'differences'")
     fused = _as_image(fused, "fused")
     if fused.ndim == 3:
         fused = np.concatenate([fused[..., k] for k in range(fused.shape[2])], axis=1)
-    return _spatial_frequency_2d(fused)
+    return _spatial_frequency_2d(fused, average)
 
 
 def average_gradient(fused: np.ndarray) -> float:

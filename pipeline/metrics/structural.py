@@ -10,7 +10,9 @@ float64 at the boundary, as MATLAB's ``double()``). Each definition reproduces i
 - ``q_y``: ``metricYang`` of the same copy (Yang et al., Information Fusion 2008), 7x7 Gaussian
   (sigma 1.5) windows, SSIM constants 2e-16.
 - ``ssim``: VIFB's ``metricsSsim``: ``SSIM(A, F) + SSIM(B, F)`` with Wang et al.'s 2004 SSIM
-  (11x11 Gaussian, sigma 1.5, K = (0.01, 0.03), L = 255, 'valid' windows, mean of the map).
+  (11x11 Gaussian, sigma 1.5, K = (0.01, 0.03), L = 255, 'valid' windows, mean of the map);
+  ``variant="skimage"`` gives scikit-image's ``structural_similarity`` (7x7 box, sample
+  covariance) instead, which CDDFuse's evaluator uses.
 
 All local statistics are computed on 'valid' windows (MATLAB ``filter2(w, x, 'valid')``) as
 ``E[x^2] - E[x]^2``. In a flat window that difference is pure floating-point round-off (about
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
 __all__ = [
     "FLAT_POLICIES",
     "FlatPolicy",
+    "SSIM_VARIANTS",
+    "SsimVariant",
     "q_e",
     "q_y",
     "ssim",
@@ -51,6 +55,9 @@ __all__ = [
 FlatPolicy = Literal["limit", "exclude", "canonical"]
 #: Accepted values of ``q_y(..., flat=...)``; see :func:`q_y`.
 FLAT_POLICIES: tuple[str, ...] = ("limit", "exclude", "canonical")
+SsimVariant = Literal["vifb", "skimage"]
+#: Accepted values of ``ssim(..., variant=...)``; see :func:`ssim`.
+SSIM_VARIANTS: tuple[str, ...] = ("vifb", "skimage")
 
 #: A local (co)variance below this fraction of the local second moment is floating-point
 #: round-off of a flat window, and is snapped to 0.
@@ -65,7 +72,9 @@ _YANG_SIZE, _YANG_SIGMA = 7, 1.5
 _YANG_THRESHOLD = 0.75
 # SSIM (VIFB metricsSsim): fspecial('gaussian', 11, 1.5), K = (0.01, 0.03), L = 255.
 _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
-_SSIM_C1, _SSIM_C2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+# SSIM as scikit-image's structural_similarity: 7x7 box window, sample covariance (n / (n - 1)).
+_SKIMAGE_SIZE = 7
 
 # Prewitt masks of metricPeilla's edge images (filter2 = correlation, 'same', zero padding).
 _PREWITT_X = ((1.0, 0.0, -1.0), (1.0, 0.0, -1.0), (1.0, 0.0, -1.0))
@@ -144,12 +153,18 @@ def _moments(xp: Any, filt: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
 
 
 def _ssim_map(xp: Any, filt: Callable[[Any], Any], x: Any, y: Any, mx: tuple, my: tuple,
-              c1: float, c2: float) -> Any:
-    """Wang's SSIM map (direct formula, C1, C2 > 0) from precomputed moments of x and y."""
+              c1: float, c2: float, cov_scale: float = 1.0) -> Any:
+    """Wang's SSIM map (direct formula, C1, C2 > 0) from precomputed moments of x and y.
+
+    ``cov_scale`` multiplies the (co)variances: ``n / (n - 1)`` turns the window's population
+    statistics into sample ones (scikit-image's default).
+    """
     (mu_x, var_x), (mu_y, var_y) = mx, my
     cov = filt(x * y) - mu_x * mu_y
     # Cauchy-Schwarz: a covariance with a flat window is 0; keep round-off out of it.
     cov = xp.where((var_x == 0) | (var_y == 0), 0.0, cov)
+    if cov_scale != 1.0:
+        var_x, var_y, cov = cov_scale * var_x, cov_scale * var_y, cov_scale * cov
     num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
     den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
     return num / den
@@ -364,37 +379,55 @@ def q_y_torch(a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor",
 # ----------------------------------------------------------------------------- SSIM (VIFB)
 
 
-def _ssim_core(xp: Any, a: Any, b: Any, f: Any) -> Any:
-    taps = gaussian_window_1d(_SSIM_SIZE, _SSIM_SIGMA)
+def _ssim_core(xp: Any, a: Any, b: Any, f: Any, variant: str = "vifb", data_range: float = 255.0) -> Any:
+    if variant == "vifb":
+        taps, cov_scale = gaussian_window_1d(_SSIM_SIZE, _SSIM_SIGMA), 1.0
+    else:
+        n = _SKIMAGE_SIZE**2
+        taps, cov_scale = np.full(_SKIMAGE_SIZE, 1.0 / _SKIMAGE_SIZE), n / (n - 1)
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     filt = lambda x: _filter_valid(x, taps)  # noqa: E731
     ma, mb, mf = _moments(xp, filt, a), _moments(xp, filt, b), _moments(xp, filt, f)
-    s_af = _ssim_map(xp, filt, a, f, ma, mf, _SSIM_C1, _SSIM_C2)
-    s_bf = _ssim_map(xp, filt, b, f, mb, mf, _SSIM_C1, _SSIM_C2)
+    s_af = _ssim_map(xp, filt, a, f, ma, mf, c1, c2, cov_scale)
+    s_bf = _ssim_map(xp, filt, b, f, mb, mf, c1, c2, cov_scale)
     return _mean2(s_af) + _mean2(s_bf)
 
 
-def ssim(a: Any, b: Any, f: Any) -> float:
+def ssim(a: Any, b: Any, f: Any, variant: SsimVariant = "vifb", data_range: float = 255.0) -> float:
     """The fusion SSIM of VIFB and recent papers (metric name ``SSIM``): ``SSIM(A,F) + SSIM(B,F)``.
 
-    Variant: VIFB's ``metricsSsim`` (Wang et al. 2004 SSIM, mean of the map over 'valid' 11x11
-    Gaussian windows with sigma 1.5, ``C1 = (0.01*255)^2``, ``C2 = (0.03*255)^2``), summed over
-    the two sources, so the range is [-2, 2] and A = B = F gives 2. (Some papers average instead
-    of sum: divide by 2.) VIFB evaluates colour images channel by channel and averages; this
-    function takes one 2D channel.
+    ``variant="vifb"`` (default): VIFB's ``metricsSsim`` (Wang et al. 2004 SSIM, mean of the map
+    over 'valid' 11x11 Gaussian windows with sigma 1.5, ``C1 = (0.01*255)^2``,
+    ``C2 = (0.03*255)^2``), summed over the two sources, so the range is [-2, 2] and A = B = F
+    gives 2. (Some papers average instead of sum: divide by 2.) VIFB evaluates colour images
+    channel by channel and averages; this function takes one 2D channel.
+
+    ``variant="skimage"``: scikit-image's ``structural_similarity`` (7x7 box windows, sample
+    covariance, the mean over the windows inside the image, i.e. its map cropped by 3 pixels),
+    the SSIM of CDDFuse's evaluator and the Python fusion evaluators derived from it.
 
     Args:
         a: first source, 2D, 0..255 (library images are [0, 1]: multiply by 255 first).
         b: second source, same shape.
         f: fused image, same shape.
+        variant: ``"vifb"`` or ``"skimage"`` (see above).
+        data_range: ``L`` of the constants ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``. 255 matches
+            the 8-bit data; CDDFuse's evaluator gets 2 (scikit-image 0.19's float range).
 
     Returns:
         ``SSIM(A, F) + SSIM(B, F)``; symmetric in A and B.
 
     Raises:
-        ValueError: an image that is not 2D, not finite, of another shape, or smaller than 11x11.
+        ValueError: an image that is not 2D, not finite, of another shape, or smaller than the
+            window (11x11; ``"skimage"``: 7x7); an unknown variant or a data range <= 0.
     """
-    a, b, f = check_triple(a, b, f, min_size=_SSIM_SIZE)
-    return float(_ssim_core(np, a, b, f))
+    if variant not in SSIM_VARIANTS:
+        raise ValueError(f"unknown SSIM variant {variant!r}; use one of {', '.join(SSIM_VARIANTS)}")
+    if not data_range > 0:
+        raise ValueError(f"SSIM data_range must be > 0, got {data_range!r}")
+    size = _SSIM_SIZE if variant == "vifb" else _SKIMAGE_SIZE
+    a, b, f = check_triple(a, b, f, min_size=size)
+    return float(_ssim_core(np, a, b, f, variant, float(data_range)))
 
 
 def ssim_torch(a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor") -> "torch.Tensor":
