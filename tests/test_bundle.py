@@ -215,6 +215,8 @@ def test_evaluate_checkpoint_on_test_split(trained: dict, tmp_path: Path) -> Non
     with torch.no_grad():
         vals = [float(loss.ssim(net(x[None]).clamp(0, 1), x[None])[0])
                 for x in (tf(e)["image"] for e in load_split(trained["datalist"], "test"))]
+    # the evaluator batches the pairs, this loop does not: float32 round-off of the network
+    # (tests/tolerances.py, ~1e-6 on these weights) moves a mean SSIM by less than 1e-5
     assert value == pytest.approx(float(np.mean(vals)), abs=1e-5)
     assert (out / "evaluation" / "test_samples_epoch001.png").is_file()
 

@@ -118,22 +118,23 @@ def test_distributed_batch_norm_matches_batch_norm(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(pd, "is_distributed", lambda: True)
     monkeypatch.setattr(pd, "get_world_size", lambda: 2)
     monkeypatch.setattr(dnn, "all_reduce", lambda t, *a, **k: t)
-    x1 = (torch.randn(4, 3, 5, 6) * 2 + 3).requires_grad_()
+    # the same arithmetic in another arrangement: compared in float64, where round-off is ~1e-15
+    ref.double()
+    ours.double()
+    x1 = (torch.randn(4, 3, 5, 6, dtype=torch.float64) * 2 + 3).requires_grad_()
     x2 = x1.detach().clone().requires_grad_()
     for _ in range(2):  # running statistics over two steps
         y_ref, y = ref(x1), ours(x2)
     w = torch.randn_like(y)
     (y_ref * w).sum().backward()
     (y * w).sum().backward()
-    assert torch.allclose(y, y_ref, atol=1e-5)
-    assert torch.allclose(x2.grad, x1.grad, atol=1e-5)
-    assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-4)
-    assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-6)
-    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-5)  # unbiased, momentum 0.1
+    for got, want in ((y, y_ref), (x2.grad, x1.grad), (ours.weight.grad, ref.weight.grad),
+                      (ours.running_mean, ref.running_mean), (ours.running_var, ref.running_var)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)  # running_var: unbiased, momentum 0.1
     assert int(ours.num_batches_tracked) == 2
     ours.eval()
     ref.eval()
-    assert torch.allclose(ours(x1.detach()), ref(x1.detach()), atol=1e-5)
+    torch.testing.assert_close(ours(x1.detach()), ref(x1.detach()), atol=1e-12, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- end to end (torchrun, gloo)

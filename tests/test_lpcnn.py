@@ -15,6 +15,7 @@ from scipy.signal import convolve2d
 from pipeline.baselines import lpcnn
 from pipeline.io import read_image
 from tests.conftest import shared_path
+from tolerances import float32_sum_atol
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +42,33 @@ def test_conversion_matches_matlab_conv2_with_rotated_kernels(
     """Torch layers equal the reference's ``conv2(x, rot90(reshape(w, k, k), 2), 'same' | 'valid')``."""
     mat = loadmat(str(weights))
     net = lpcnn.load_network(weights, "cpu")
+
+    def check(got: np.ndarray, inputs: np.ndarray, kernels: list[np.ndarray], bias: float, mode: str) -> None:
+        """``got`` (float32 torch) against the float64 reference, within the float32 round-off model."""
+        expected = sum(convolve2d(x, np.rot90(k, 2), mode=mode) for x, k in zip(inputs, kernels)) + bias
+        squares = sum(convolve2d(x * x, np.rot90(k * k, 2), mode=mode) for x, k in zip(inputs, kernels))
+        atol = float32_sum_atol(squares + bias**2, len(kernels) * kernels[0].size + 1)
+        assert np.all(np.abs(got - expected) <= atol), float(np.max(np.abs(got - expected) - atol))
+
     img = rng.random((20, 23))
     with torch.no_grad():
         conv1 = net.conv1(torch.from_numpy(img.astype(np.float32))[None, None])[0].double().numpy()
     for i in (0, 17, 63):
-        kernel = _kernel(mat["weights_b1_1"][:, i], 3)
-        expected = convolve2d(img, np.rot90(kernel, 2), mode="same") + mat["biases_b1_1"][i, 0]
-        np.testing.assert_allclose(conv1[i], expected, atol=1e-5)
+        check(conv1[i], img[None], [_kernel(mat["weights_b1_1"][:, i], 3)], mat["biases_b1_1"][i, 0], "same")
 
     feats = rng.random((64, 12, 13))
     with torch.no_grad():
         conv2 = net.conv2(torch.from_numpy(feats.astype(np.float32))[None])[0].double().numpy()
     for i in (0, 127):
-        expected = sum(
-            convolve2d(feats[j], np.rot90(_kernel(mat["weights_b1_2"][j, :, i], 3), 2), mode="same")
-            for j in range(64)
-        ) + mat["biases_b1_2"][i, 0]
-        np.testing.assert_allclose(conv2[i], expected, rtol=1e-4, atol=1e-4)
+        kernels = [_kernel(mat["weights_b1_2"][j, :, i], 3) for j in range(64)]
+        check(conv2[i], feats, kernels, mat["biases_b1_2"][i, 0], "same")
 
     feats = rng.random((512, 10, 9))
     with torch.no_grad():
         out = net.output(torch.from_numpy(feats.astype(np.float32))[None])[0].double().numpy()
     for i in (0, 1):
-        expected = sum(
-            convolve2d(feats[j], np.rot90(_kernel(mat["weights_output"][j, :, i], 8), 2), mode="valid")
-            for j in range(512)
-        )  # no bias: the reference never adds biases_output
-        np.testing.assert_allclose(out[i], expected, rtol=1e-4, atol=1e-3)
+        kernels = [_kernel(mat["weights_output"][j, :, i], 8) for j in range(512)]
+        check(out[i], feats, kernels, 0.0, "valid")  # no bias: the reference never adds biases_output
 
 
 def test_network_is_loaded_once_per_path(weights: Path) -> None:

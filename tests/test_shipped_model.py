@@ -52,4 +52,6 @@ def test_shipped_model_reproduces_the_model_card_on_test_case_34(tmp_path: Path)
         for name in CARD:
             scores[name].append(get_metric(name)(a, b, f8))
     for name, expected in CARD.items():
+        # the card's 4 decimals; float32 round-off can move a pixel across an 8-bit rounding edge,
+        # which changes a mean over 21 pairs by ~1e-5
         assert np.mean(scores[name]) == pytest.approx(expected, abs=1e-3), name

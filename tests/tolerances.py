@@ -19,11 +19,12 @@ deviations of the output error of two independent evaluations, the largest over 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["U32", "LAMBDA", "float32_network_atol"]
+__all__ = ["U32", "LAMBDA", "float32_network_atol", "float32_sum_atol"]
 
 #: Unit round-off of float32.
 U32 = 2.0**-24
@@ -35,6 +36,21 @@ _BN_ROUNDINGS = 8
 # Accuracy of a vectorised float32 tanh (SLEEF and the libm fallbacks are within 4 ulp; ulp <= 2u on
 # (-1, 1)), as an absolute error.
 _TANH_ERROR = 8 * U32
+
+
+def float32_sum_atol(sum_of_squares: np.ndarray, n: int, lam: float = LAMBDA) -> np.ndarray:
+    """Tolerance of float32 sums of ``n`` products against their float64 value, per output.
+
+    Args:
+        sum_of_squares: ``sum_k t_k**2`` of each output's products (e.g. ``convolve2d(x**2, w**2)``).
+        n: products per output.
+        lam: standard deviations allowed.
+
+    Returns:
+        ``lam u (sqrt(n) + 1) ||t||_2``: the sum's round-off (the model above) plus that of rounding
+        the inputs to float32 (``u |x_k|`` each, carried with the weights).
+    """
+    return lam * U32 * (n**0.5 + 1.0) * np.sqrt(sum_of_squares)
 
 
 def _layers(net: nn.Module) -> list[nn.Module]:
