@@ -297,9 +297,9 @@ def datalist_pairs(datalist: str | os.PathLike, split: str | None = "test") -> l
     """Pairs of a datalist split (``None``: all splits), named ``<pair>/<case>_<slice:03d>``.
 
     Raises:
-        data_prep.datalist.DataPrepError: the datalist is missing, invalid or has no such split.
+        pipeline.datalist.DatalistError: the datalist is missing, invalid or has no such split.
     """
-    from data_prep.datalist import SPLITS, load_datalist
+    from pipeline.datalist import SPLITS, load_datalist
 
     data = load_datalist(datalist)
     splits = SPLITS if split is None else (split,)

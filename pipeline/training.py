@@ -81,13 +81,13 @@ def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
         the entries.
 
     Raises:
-        data_prep.datalist.DataPrepError: missing or invalid datalist, unknown or empty split.
+        pipeline.datalist.DatalistError: missing or invalid datalist, unknown or empty split.
     """
-    from data_prep.datalist import DataPrepError, load_datalist
+    from pipeline.datalist import DatalistError, load_datalist
 
     entries = load_datalist(datalist, split)
     if not entries:
-        raise DataPrepError(f"{datalist}: the {split!r} split is empty. Re-create the data set with more "
+        raise DatalistError(f"{datalist}: the {split!r} split is empty. Re-create the data set with more "
                             "cases (data_prep splits by case) or pass another --datalist")
     return entries  # type: ignore[return-value]
 
