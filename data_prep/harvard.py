@@ -34,6 +34,7 @@ import numpy as np
 from data_prep.cli import add_split_arguments, split_from_args
 from data_prep.datalist import SPLITS, DataPrepError, SlicePair, write_dataset
 from pipeline.io import read_pair
+from pipeline.resources import atlas_series_config
 
 __all__ = [
     "DEFAULT_SERIES_MAP",
@@ -52,9 +53,9 @@ __all__ = [
     "run",
 ]
 
-#: The mapping file shipped in the source tree. When the package is installed without the
-#: repository's ``configs/`` folder, :data:`DEFAULT_SERIES_MAP` (the same content) is used.
-DEFAULT_SERIES_MAP_PATH = Path(__file__).resolve().parents[1] / "configs" / "atlas_series.yaml"
+#: The mapping file shipped with the project (``configs/atlas_series.yaml``, package data of the
+#: wheel). Should it be missing, :data:`DEFAULT_SERIES_MAP` (the same content) is used.
+DEFAULT_SERIES_MAP_PATH = atlas_series_config()
 
 #: Built-in copy of ``configs/atlas_series.yaml`` (a test keeps the two equal).
 DEFAULT_SERIES_MAP: dict[str, object] = {

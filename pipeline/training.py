@@ -55,19 +55,25 @@ def prepare_self_target(
 
 
 def default_bundle_root(name: str = "ssim_fusion") -> str:
-    """The bundle folder: the current directory when it is the bundle, else the copy in the repository.
+    """The bundle folder: the current directory when it is the bundle, else ``bundles/<name>`` below it,
+    else the installed bundle (:func:`pipeline.resources.bundle_root`).
 
     ``bundle_root`` in the configs; override it with ``--bundle_root DIR`` for a bundle elsewhere.
 
+    Args:
+        name: the bundle's folder name.
+
     Returns:
-        absolute path of ``bundles/<name>``.
+        absolute path of the bundle folder.
     """
+    from pipeline.resources import bundle_root
+
     cwd = Path.cwd()
     if cwd.name == name and (cwd / "configs" / "metadata.json").is_file():
         return str(cwd)
     if (cwd / "bundles" / name / "configs" / "metadata.json").is_file():
         return str(cwd / "bundles" / name)
-    return str(Path(__file__).resolve().parents[1] / "bundles" / name)
+    return str(bundle_root())
 
 
 def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:

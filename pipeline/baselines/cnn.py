@@ -1,6 +1,7 @@
 """``cnn``: the trained SSIM-alpha fusion network as a method with the baselines' ``fuse(a, b)`` shape.
 
-The weights default to the bundle's ``bundles/ssim_fusion/models/model.pt``; a loaded network is
+The weights default to the bundle's ``models/model.pt`` (:func:`pipeline.resources.shipped_checkpoint`,
+found in a checkout and in an installed wheel alike); a loaded network is
 kept per (checkpoint, modification time, device), so fusing a data set loads it once. It runs in
 the fastest measured inference form (:class:`pipeline.inference.CNNFuser`: batch norm folded into
 the convolutions, channels-last, ``inference_mode``), equal to the eager network up to float
@@ -16,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.resources import shipped_checkpoint
+
 __all__ = ["fuse", "DEFAULT_CHECKPOINT"]
 
 #: Weights shipped with the bundle (produced by its training run).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "bundles" / "ssim_fusion" / "models" / "model.pt"
+DEFAULT_CHECKPOINT = shipped_checkpoint()
 
 
 @functools.lru_cache(maxsize=4)
