@@ -84,7 +84,8 @@ def split_cases(cases_by_pair: Mapping[str, Iterable[str]], spec: SplitSpec) -> 
 
     fr = np.asarray(spec.fractions, dtype=np.float64)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise DatalistError(f"split fractions {tuple(spec.fractions)} must be three non-negative numbers summing to 1")
+        raise DatalistError(f"split fractions {tuple(spec.fractions)} must be three non-negative numbers "
+                            "summing to 1")
     rng = random.Random(spec.seed)
     assigned = {}
     # Pair types with the fewest cases first: they are the hardest to cover in every split.
@@ -156,7 +157,8 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
         raise DatalistError(f"{path}: cannot be read ({err.strerror or err}). "
                             "Give the datalist.json file") from err
     except (ValueError, RecursionError) as err:
-        raise DatalistError(f"{path}: is not valid JSON ({err}). Re-create it with `python -m data_prep`") from err
+        raise DatalistError(f"{path}: is not valid JSON ({err}). "
+                            "Re-create it with `python -m data_prep`") from err
     if not isinstance(data, dict) or not any(s in data for s in SPLITS):
         raise DatalistError(f"{path}: has none of the keys {SPLITS}; it is not a datalist")
     root = path.resolve().parent

@@ -102,9 +102,9 @@ def check_checkpoint(ckpt_path: str | os.PathLike, widths: Sequence[int]) -> Non
     """Fail early, with a clear message, when ``ckpt_path`` cannot be loaded into FusionNet(widths).
 
     Raises:
-        pipeline.inference.CheckpointError: missing file, unreadable, or another architecture.
+        pipeline.io.CheckpointError: missing file, unreadable, or another architecture.
     """
-    from pipeline.inference import load_fusion_network
+    from pipeline.checkpoint import load_fusion_network
 
     load_fusion_network(ckpt_path, device="cpu", widths=widths)
 
