@@ -17,7 +17,7 @@ hits every variant alike) and kept as the best of ``--repeat`` timed rounds afte
   (``torch.jit.trace`` + ``torch.jit.freeze`` of the folded net), ``onednn_graph`` (the same with
   oneDNN Graph fusion, CPU only), ``compile`` (``torch.compile`` of ``folded_cl``; its compile
   time is reported, ``--no-compile`` skips it) and ``cnn_fuser[bs=k]`` (the production
-  :class:`pipeline.inference.CNNFuser`, numpy in and out, ``k`` pairs per forward pass). Each
+  :class:`pipeline.baselines.cnn.CNNFuser`, numpy in and out, ``k`` pairs per forward pass). Each
   variant's largest difference from ``eager`` is printed: they must agree to float rounding.
 - the network's achieved GFLOP/s (convolution FLOPs, ``2 Cin Cout k k H W`` per layer,
   :func:`pipeline.networks.conv_flops`) against a 2048x2048 fp32 matrix product timed in the
@@ -243,7 +243,7 @@ def bench_network(widths: tuple[int, ...], args: argparse.Namespace, full: bool,
     import numpy as np
     import torch
 
-    from pipeline.inference import CNNFuser
+    from pipeline.baselines.cnn import CNNFuser
     from pipeline.networks import FusionNet, conv_flops
 
     device = torch.device(args.device)
@@ -343,7 +343,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def _checkpoint_state(path: Path | None) -> dict | None:
     if path is None:
         return None
-    from pipeline.inference import load_state_dict
+    from pipeline.checkpoint import load_state_dict
 
     return load_state_dict(path)
 

@@ -1,4 +1,4 @@
-"""The one product of every data_prep layout: a folder of 8-bit PNG pairs and ``datalist.json``.
+"""Writing the one product of every data_prep layout: a folder of 8-bit PNG pairs and ``datalist.json``.
 
 Each layout reader (atlas tree, flat pair tree, volumes, demo phantom) yields :class:`SlicePair`
 records holding decoded images; :func:`write_dataset` splits them **by case** and writes
@@ -11,22 +11,23 @@ records holding decoded images; :func:`write_dataset` splits them **by case** an
 
 The whole output is built in a sibling staging folder and renamed into place at the end, so a
 failure leaves nothing half-written in OUT. The same records and seed give a byte-identical
-datalist.
+datalist. Reading, validating and splitting datalists is the library's
+(:mod:`pipeline.datalist`); its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.datalist import SPLITS, DatalistError, SplitSpec, case_sort_key, load_datalist, split_cases
 from pipeline.io import write_png
 
 __all__ = [
@@ -40,11 +41,8 @@ __all__ = [
     "load_datalist",
 ]
 
-SPLITS = ("training", "validation", "test")
-
-
-class DataPrepError(ValueError):
-    """Input that data_prep cannot turn into a dataset; the message names the file and the fix."""
+#: data_prep's name for :class:`pipeline.datalist.DatalistError` (the same class).
+DataPrepError = DatalistError
 
 
 @dataclass
@@ -72,92 +70,6 @@ class SlicePair:
     @property
     def pair(self) -> str:
         return f"{self.modality_a}-{self.modality_b}"
-
-
-@dataclass
-class SplitSpec:
-    """How cases are assigned to splits: fractions, or explicit case lists, and a seed.
-
-    With explicit lists, every case must be named in exactly one of them. With fractions, cases
-    are shuffled with ``seed`` and assigned per pair type (so that each pair type with three or
-    more cases gets at least one case in every split), while a case shared by two pair types
-    (the same subject) stays in one split.
-    """
-
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    cases: Mapping[str, Sequence[str]] | None = field(default=None)
-
-
-def split_cases(cases_by_pair: Mapping[str, Iterable[str]], spec: SplitSpec) -> dict[str, str]:
-    """Assign every case to one split.
-
-    Args:
-        cases_by_pair: case ids per pair type, e.g. ``{"CT-MRI": ["2", "20"], ...}``.
-        spec: fractions or explicit lists, and the seed.
-
-    Returns:
-        mapping case id -> split name (one of :data:`SPLITS`).
-
-    Raises:
-        DataPrepError: explicit lists that miss a case, name one twice, or fractions that do not
-            sum to 1.
-    """
-    all_cases = sorted({str(c) for cs in cases_by_pair.values() for c in cs}, key=_case_key)
-    if spec.cases is not None:
-        assigned: dict[str, str] = {}
-        for split in SPLITS:
-            for case in spec.cases.get(split, ()):
-                case = str(case)
-                if case in assigned:
-                    raise DataPrepError(f"case {case} is listed in both {assigned[case]} and {split}: "
-                                        "a case may be in one split only")
-                assigned[case] = split
-        missing = [c for c in all_cases if c not in assigned]
-        if missing:
-            raise DataPrepError(f"cases {missing} are in the data but in no split list: add them to "
-                                "--training-cases, --validation-cases or --test-cases")
-        return {c: assigned[c] for c in all_cases}
-
-    fr = np.asarray(spec.fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise DataPrepError(f"split fractions {tuple(spec.fractions)} must be three non-negative numbers summing to 1")
-    rng = random.Random(spec.seed)
-    assigned = {}
-    # Pair types with the fewest cases first: they are the hardest to cover in every split.
-    for pair in sorted(cases_by_pair, key=lambda p: (len(set(cases_by_pair[p])), p)):
-        cases = sorted({str(c) for c in cases_by_pair[pair]}, key=_case_key)
-        target = _target_counts(len(cases), fr)
-        have = [sum(1 for c in cases if assigned.get(c) == s) for s in SPLITS]
-        free = [c for c in cases if c not in assigned]
-        rng.shuffle(free)
-        for case in free:
-            # A wanted split still without a case of this pair type comes first (cases shared with
-            # pair types placed earlier may have filled other splits); then the split furthest
-            # below its target; ties go to the earlier split.
-            i = max(range(3), key=lambda j: (target[j] > 0 and have[j] == 0, target[j] - have[j], -j))
-            assigned[case] = SPLITS[i]
-            have[i] += 1
-    return {c: assigned[c] for c in all_cases}
-
-
-def _target_counts(n: int, fractions: np.ndarray) -> list[int]:
-    """Integer case counts per split, summing to ``n``; one case at least for every non-zero split."""
-    counts = np.floor(fractions * n).astype(int)
-    if n >= int((fractions > 0).sum()):
-        counts[(fractions > 0) & (counts == 0)] = 1
-    while counts.sum() > n:
-        counts[int(np.argmax(counts))] -= 1
-    remainders = fractions * n - counts
-    while counts.sum() < n:
-        i = int(np.argmax(remainders))
-        counts[i] += 1
-        remainders[i] = -np.inf
-    return counts.tolist()
-
-
-def _case_key(case: str) -> tuple[int, str]:
-    return (int(case), case) if case.isdigit() else (1 << 30, case)
 
 
 def staged_output(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
@@ -251,7 +163,7 @@ def write_dataset(
         for e in entries:
             cases_by_pair.setdefault(e["pair"], set()).add(e["case"])
         assignment = split_cases(cases_by_pair, split)
-        entries.sort(key=lambda e: (e["pair"], _case_key(e["case"]), e["slice"]))
+        entries.sort(key=lambda e: (e["pair"], case_sort_key(e["case"]), e["slice"]))
         datalist: dict[str, object] = {s: [e for e in entries if assignment[e["case"]] == s] for s in SPLITS}
         if extra:
             datalist.update(extra)
@@ -285,63 +197,3 @@ def _check_pair(p: SlicePair) -> None:
     if p.image_a.shape[:2] != p.image_b.shape[:2]:
         raise DataPrepError(f"{p.source}: the two slices differ in size ({p.image_a.shape[:2]} vs "
                             f"{p.image_b.shape[:2]}): the pair is not registered. Resample them onto one grid")
-
-
-def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dict] | dict[str, list[dict]]:
-    """Read ``datalist.json`` and make its image paths absolute (relative to the file's folder).
-
-    Args:
-        path: the datalist file.
-        split: return only this split's entries; ``None`` returns all splits.
-
-    Returns:
-        entries of one split, or the dict of all splits.
-
-    Raises:
-        DataPrepError: the file is missing or not a datalist, the split is unknown, or an entry's
-            path escapes the data folder.
-    """
-    path = Path(path)
-    if split is not None and split not in SPLITS:
-        raise DataPrepError(f"{path}: unknown split {split!r}; choose one of {SPLITS}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise DataPrepError(f"{path}: no such datalist. Create one with `python -m data_prep ...`") from err
-    except OSError as err:
-        raise DataPrepError(f"{path}: cannot be read ({err.strerror or err}). "
-                            "Give the datalist.json file") from err
-    except (ValueError, RecursionError) as err:
-        raise DataPrepError(f"{path}: is not valid JSON ({err}). Re-create it with `python -m data_prep`") from err
-    if not isinstance(data, dict) or not any(s in data for s in SPLITS):
-        raise DataPrepError(f"{path}: has none of the keys {SPLITS}; it is not a datalist")
-    root = path.resolve().parent
-    result: dict[str, list[dict]] = {}
-    for s in SPLITS:
-        items = data.get(s, [])
-        if not isinstance(items, list):
-            raise DataPrepError(f"{path}: {s!r} must be a list of entries, got {type(items).__name__}")
-        fixed = []
-        for e in items:
-            if not isinstance(e, dict):
-                raise DataPrepError(f"{path}: an entry of {s} must be an object with image_a and image_b, "
-                                    f"got {type(e).__name__}")
-            e = dict(e)
-            for k in ("image_a", "image_b"):
-                if k not in e:
-                    raise DataPrepError(f"{path}: an entry of {s} has no {k!r}: {e}")
-                if not isinstance(e[k], str) or not e[k] or "\x00" in e[k]:
-                    raise DataPrepError(f"{path}: {k}={e[k]!r} in {s} must be a non-empty relative path")
-                try:
-                    full = (root / e[k]).resolve()
-                except (OSError, RuntimeError, ValueError) as err:
-                    raise DataPrepError(f"{path}: {k}={e[k]!r} cannot be resolved ({err})") from err
-                if root not in full.parents:
-                    raise DataPrepError(f"{path}: {k}={e[k]!r} points outside the data folder {root}; "
-                                        "datalist paths must stay inside it")
-                e[k] = str(full)
-            fixed.append(e)
-        result[s] = fixed
-    if split is not None:
-        return result[split]
-    return result

@@ -34,6 +34,8 @@ import numpy as np
 from data_prep.cli import add_split_arguments, split_from_args
 from data_prep.datalist import SPLITS, DataPrepError, SlicePair, write_dataset
 from pipeline.io import read_pair
+from pipeline.pairing import IMAGE_SUFFIXES, image_files, images_by_stem
+from pipeline.resources import atlas_series_config
 
 __all__ = [
     "DEFAULT_SERIES_MAP",
@@ -52,9 +54,9 @@ __all__ = [
     "run",
 ]
 
-#: The mapping file shipped in the source tree. When the package is installed without the
-#: repository's ``configs/`` folder, :data:`DEFAULT_SERIES_MAP` (the same content) is used.
-DEFAULT_SERIES_MAP_PATH = Path(__file__).resolve().parents[1] / "configs" / "atlas_series.yaml"
+#: The mapping file shipped with the project (``configs/atlas_series.yaml``, package data of the
+#: wheel). Should it be missing, :data:`DEFAULT_SERIES_MAP` (the same content) is used.
+DEFAULT_SERIES_MAP_PATH = atlas_series_config()
 
 #: Built-in copy of ``configs/atlas_series.yaml`` (a test keeps the two equal).
 DEFAULT_SERIES_MAP: dict[str, object] = {
@@ -65,9 +67,6 @@ DEFAULT_SERIES_MAP: dict[str, object] = {
     "pairs": ["CT-MRI", "PET-MRI", "SPECT-MRI"],
     "modalities": {"MRI": "gray", "CT": "gray", "PET": "rgb", "SPECT": "rgb"},
 }
-
-#: File endings taken as slice images; other files (notes, thumbnails databases) are ignored.
-IMAGE_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 #: The datalist's ``source`` key: where the data came from and what its terms allow.
 SOURCE_NOTE = "Harvard Whole Brain Atlas (AANLIB): research and development use only, do not redistribute"
@@ -192,9 +191,11 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    try:
+        return images_by_stem(folder, IMAGE_SUFFIXES)
+    except ValueError as err:
+        raise DataPrepError(str(err)) from err
 
 
 def _flat_pair_dirs(src: Path) -> list[Path]:
@@ -276,8 +277,7 @@ def find_flat_pairs(src: str | os.PathLike, pairs: Sequence[str] | None = None) 
             if not d.is_dir():
                 raise DataPrepError(f"{d}: folder missing: a pair folder {pair_dir.name} needs both "
                                     f"{mod_a}/ and {mod_b}/ with files of the same names")
-        files_a = {p.stem: p for p in _image_files(dir_a)}
-        files_b = {p.stem: p for p in _image_files(dir_b)}
+        files_a, files_b = _images_by_stem(dir_a), _images_by_stem(dir_b)
         for files, partners, partner_dir in ((files_a, files_b, dir_b), (files_b, files_a, dir_a)):
             lonely = sorted(set(files) - set(partners))
             if lonely:
@@ -299,7 +299,7 @@ def _pair_order(p: PairFiles) -> tuple:
 
 def _slice_files(series_dir: Path) -> dict[int, Path]:
     files: dict[int, Path] = {}
-    for p in _image_files(series_dir):
+    for p in image_files(series_dir, IMAGE_SUFFIXES):
         if not p.stem.isdigit():
             raise DataPrepError(f"{p}: an atlas slice file must be named by its slice number (e.g. 010.gif). "
                                 "Rename it, or move it out of the series folder")

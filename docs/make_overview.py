@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.inference import CNNFuser, load_fusion_network
+from pipeline.baselines.cnn import CNNFuser
+from pipeline.checkpoint import load_fusion_network
 from pipeline.io import atomic_write_bytes, read_pair
 from pipeline.training import load_split
 

@@ -284,7 +284,7 @@ def run_benchmark(
     """Fuse every pair of a split with each method, score, summarise, draw and log.
 
     Args:
-        datalist: ``datalist.json`` (see :mod:`data_prep.datalist`).
+        datalist: ``datalist.json`` (see :mod:`pipeline.datalist`).
         out: output folder (created; files in it are replaced).
         split: ``training``, ``validation`` or ``test``.
         methods: method names from :data:`pipeline.baselines.METHODS`.
@@ -310,7 +310,7 @@ def run_benchmark(
         ValueError: unknown method names, convention or column names, no runnable method, or an
             empty split.
     """
-    from data_prep.datalist import load_datalist
+    from pipeline.datalist import load_datalist
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -1,4 +1,4 @@
-"""``python -m pipeline <command>``: ``fuse``, ``metrics``, ``benchmark``.
+"""``python -m pipeline <command>``: ``fuse``, ``metrics``, ``benchmark``, ``bundle-path``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
 when chosen, so the CLI starts fast.
@@ -19,6 +19,7 @@ COMMANDS = {
     "fuse": ("pipeline.baselines.cli", "fuse one pair with a method (wa, gff, lpcnn, dwt, lp, cnn)"),
     "metrics": ("pipeline.metrics.cli", "fusion quality metrics of a fused image (or folders of them)"),
     "benchmark": ("pipeline.benchmark", "fuse a datalist split with several methods and score them"),
+    "bundle-path": ("pipeline.resources", "print the folder of the installed ssim_fusion MONAI bundle"),
 }
 
 

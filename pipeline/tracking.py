@@ -87,9 +87,10 @@ class IterationMetricBuffer:
 
     MONAI's ``MLFlowHandler`` writes the training loss, and then the learning rate, in a request of
     their own at every iteration, and our SSIM-alpha terms add a third; against a SQLite store each
-    request is a committed transaction (about 5 ms on a local disk, far more on a networked or
-    virtual one), which slowed a 64x64 training iteration on the CPU by a quarter. Buffered, every
-    value keeps its own step and timestamp; only the number of requests falls.
+    request is a committed transaction, dear on a local disk and dearer on a networked or virtual
+    one, enough to slow a small training iteration on the CPU noticeably (``benchmarks/bench_training.py
+    --attribution`` measures it; the README's performance table quotes it). Buffered, every value
+    keeps its own step and timestamp; only the number of requests falls.
 
     Args:
         handler: the ``MLFlowHandler`` whose run receives the metrics.

@@ -55,19 +55,25 @@ def prepare_self_target(
 
 
 def default_bundle_root(name: str = "ssim_fusion") -> str:
-    """The bundle folder: the current directory when it is the bundle, else the copy in the repository.
+    """The bundle folder: the current directory when it is the bundle, else ``bundles/<name>`` below it,
+    else the installed bundle (:func:`pipeline.resources.bundle_root`).
 
     ``bundle_root`` in the configs; override it with ``--bundle_root DIR`` for a bundle elsewhere.
 
+    Args:
+        name: the bundle's folder name.
+
     Returns:
-        absolute path of ``bundles/<name>``.
+        absolute path of the bundle folder.
     """
+    from pipeline.resources import bundle_root
+
     cwd = Path.cwd()
     if cwd.name == name and (cwd / "configs" / "metadata.json").is_file():
         return str(cwd)
     if (cwd / "bundles" / name / "configs" / "metadata.json").is_file():
         return str(cwd / "bundles" / name)
-    return str(Path(__file__).resolve().parents[1] / "bundles" / name)
+    return str(bundle_root())
 
 
 def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
@@ -81,13 +87,13 @@ def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
         the entries.
 
     Raises:
-        data_prep.datalist.DataPrepError: missing or invalid datalist, unknown or empty split.
+        pipeline.datalist.DatalistError: missing or invalid datalist, unknown or empty split.
     """
-    from data_prep.datalist import DataPrepError, load_datalist
+    from pipeline.datalist import DatalistError, load_datalist
 
     entries = load_datalist(datalist, split)
     if not entries:
-        raise DataPrepError(f"{datalist}: the {split!r} split is empty. Re-create the data set with more "
+        raise DatalistError(f"{datalist}: the {split!r} split is empty. Re-create the data set with more "
                             "cases (data_prep splits by case) or pass another --datalist")
     return entries  # type: ignore[return-value]
 
@@ -96,9 +102,9 @@ def check_checkpoint(ckpt_path: str | os.PathLike, widths: Sequence[int]) -> Non
     """Fail early, with a clear message, when ``ckpt_path`` cannot be loaded into FusionNet(widths).
 
     Raises:
-        pipeline.inference.CheckpointError: missing file, unreadable, or another architecture.
+        pipeline.io.CheckpointError: missing file, unreadable, or another architecture.
     """
-    from pipeline.inference import load_fusion_network
+    from pipeline.checkpoint import load_fusion_network
 
     load_fusion_network(ckpt_path, device="cpu", widths=widths)
 

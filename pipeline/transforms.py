@@ -1,6 +1,6 @@
 """MONAI dictionary transforms that turn a datalist entry into the network's 2-channel input.
 
-A datalist entry (see ``data_prep/datalist.py``) names two registered slices, ``image_a`` and
+A datalist entry (see :mod:`pipeline.datalist`) names two registered slices, ``image_a`` and
 ``image_b``. :class:`LoadFusionPaird` decodes both through :func:`pipeline.io.read_pair` (the one
 place that decodes files), takes the luminance Y of a colour source (PET/SPECT pseudo-colour, via
 :func:`pipeline.colour.rgb_to_ycbcr`), puts the channel first and divides by 255: the values stay

@@ -205,7 +205,7 @@ def test_evaluate_checkpoint_on_test_split(trained: dict, tmp_path: Path) -> Non
     assert {"Q_Y", "Q_ABF", "FMI_pixel"} <= set(rows)
     assert -1.0 <= value <= 1.0
     # the same number from the library: mean over test pairs of 1 - loss on the clipped fused image
-    from pipeline.inference import load_fusion_network
+    from pipeline.checkpoint import load_fusion_network
     from pipeline.losses import SSIMAlphaLoss
     from pipeline.transforms import fusion_transforms
     from pipeline.training import load_split
@@ -229,7 +229,7 @@ def test_evaluate_refuses_other_architecture(trained: dict, tmp_path: Path) -> N
 
     other = tmp_path / "other.pt"
     torch.save(FusionNet(widths=(8, 8, 8, 8)).state_dict(), other)
-    from pipeline.inference import CheckpointError
+    from pipeline.io import CheckpointError
 
     with pytest.raises(RuntimeError) as err:  # MONAI wraps the error of a config expression
         run("evaluating", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
@@ -293,7 +293,7 @@ def test_export_torchscript_and_verify_net(trained: dict, tmp_path: Path) -> Non
     ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["out"] / "models" / "model.pt"),
                 meta_file=meta, config_file=cfg)
     scripted = torch.jit.load(str(ts))
-    from pipeline.inference import load_fusion_network
+    from pipeline.checkpoint import load_fusion_network
 
     net = load_fusion_network(trained["out"] / "models" / "model.pt", device="cpu")
     x = torch.rand(1, 2, 48, 40)

@@ -9,16 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.baselines.cnn import CNNFuser
+from pipeline.checkpoint import load_fusion_network
 from pipeline.colour import rgb_to_ycbcr
-from pipeline.inference import (
-    CheckpointError,
-    CNNFuser,
-    datalist_pairs,
-    find_pairs,
-    load_fusion_network,
-    run_inference,
-)
-from pipeline.io import ImageReadError
+from pipeline.inference import datalist_pairs, run_inference
+from pipeline.io import CheckpointError, ImageReadError
+from pipeline.pairing import find_pairs
 from pipeline.networks import FusionNet
 from tolerances import float32_network_atol
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, shared_path
-from pipeline.inference import CNNFuser, load_fusion_network
+from pipeline.baselines.cnn import CNNFuser
+from pipeline.checkpoint import load_fusion_network
 from pipeline.io import read_pair
 from pipeline.networks import DEFAULT_WIDTHS
 from pipeline.training import load_split

@@ -10,8 +10,8 @@ it reproduces their published outputs (``golden/mfif/*_gff.tif``) to the grey le
    rank-one kernel (split by SVD into a row and a column kernel, rows first, taps summed in
    order). This matters: where the two sources differ by a constant (e.g. flat areas of 41 and
    43), their saliencies are equal in exact arithmetic and only rounding decides the winner. The
-   orders were chosen by matching the golden outputs (with scipy's order 0.17% and 0.43% of the
-   pixels of two golden images are off by one; with these 0.004% and 0.0003%).
+   orders were chosen by matching the golden outputs: scipy's own order puts far more pixels off
+   by one (the README's validation table gives both agreements; ``tests/test_gff.py`` asserts them).
 2. **initial weights**: ``P_n = 1`` where source ``n`` has the largest saliency; ties go to the
    *first* source (MATLAB's ``max`` returns the first index).
 3. **weight refinement**: He's guided filter (O(1) box filter by cumulative sums, normalised by

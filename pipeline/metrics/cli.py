@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics
 from pipeline.metrics.conventions import CONVENTIONS, Convention, get_convention
+from pipeline.pairing import pair_folders
 
 __all__ = ["add_arguments", "run", "pair_folders"]
 
@@ -60,36 +61,6 @@ def _parse_names(text: str | None, convention: Convention) -> list[str]:
     else:
         convention.select(names)  # fails fast, listing the convention's columns
     return names
-
-
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        if path.stem in files:
-            raise ValueError(f"{folder}: two files named {path.stem}.* ({files[path.stem].name}, "
-                             f"{path.name}); keep one image per name")
-        files[path.stem] = path
-    return files
-
-
-def pair_folders(a: Path, b: Path, f: Path) -> list[tuple[str, Path, Path, Path]]:
-    """Triples ``(name, a_file, b_file, f_file)`` for every fused image in folder ``f``.
-
-    Raises:
-        ValueError: ``f`` holds no files, or a fused image has no same-named source in ``a`` or
-            ``b`` (the message lists them).
-    """
-    in_a, in_b, in_f = _images_by_stem(a), _images_by_stem(b), _images_by_stem(f)
-    if not in_f:
-        raise ValueError(f"{f}: the fused folder holds no images")
-    missing = [f"{name} (not in {folder})" for name in in_f for folder, files in ((a, in_a), (b, in_b))
-               if name not in files]
-    if missing:
-        raise ValueError("fused images without same-named sources: " + ", ".join(missing[:10])
-                         + (" ..." if len(missing) > 10 else ""))
-    return [(name, in_a[name], in_b[name], path) for name, path in in_f.items()]
 
 
 def _jsonable(value: float) -> Any:
