@@ -95,7 +95,7 @@ class SSIMAlphaTermsHandler:
         if src.shape[1] != len(self.source_names):
             raise ValueError(f"SSIMAlphaTermsHandler: {src.shape[1]} source channels but source_names "
                              f"{self.source_names}")
-        terms = self.loss.terms(pred.detach().float(), src.detach().float())
+        terms = self.loss.ssim_terms(pred.detach().float(), src.detach().float())
         return {f"{t}_{s}": float(terms[t][i]) for t in TERMS for i, s in enumerate(self.source_names)}
 
     def _terms_of_this_iteration(self, engine: Engine) -> dict[str, float]:

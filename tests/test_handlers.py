@@ -66,7 +66,7 @@ def test_terms_handler_console_and_mlflow(mlflow_handler, caplog: pytest.LogCapt
             assert sorted(m.step for m in epochs) == [1, 2]
     # the values are the loss's own terms of the last batch, and the epoch value is the mean of its iterations
     batch = BATCHES[-1]
-    terms = loss.terms(0.6 * batch[:, :1] + 0.4 * batch[:, 1:], batch)
+    terms = loss.ssim_terms(0.6 * batch[:, :1] + 0.4 * batch[:, 1:], batch)
     last = {m.step: m.value for m in client.get_metric_history(rid, "train_luminance_b")}
     assert last[6] == pytest.approx(float(terms["luminance"][1]), abs=1e-6)
     per_iter = {m.step: m.value for m in client.get_metric_history(rid, "train_structure_a")}
@@ -193,7 +193,7 @@ def test_terms_handler_reads_the_loss_pass_of_the_iteration_instead_of_recomputi
     loss._maps = lambda *a: calls.append(1) or original(*a)  # count any second pass
     handler.iteration_completed(engine)
     assert calls == []
-    expected = SSIMAlphaLoss().terms(fused.detach(), sources)
+    expected = SSIMAlphaLoss().ssim_terms(fused.detach(), sources)
     for i, s in enumerate(("a", "b")):
         for t in ("luminance", "contrast", "structure", "ssim_alpha"):
             assert abs(handler.last[f"{t}_{s}"] - float(expected[t][i])) < 1e-6
