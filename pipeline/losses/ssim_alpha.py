@@ -156,6 +156,8 @@ class SSIMAlphaLoss(_Loss):
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         #: l, c, s and SSIM_alpha means per source of the last forward pass, and how many passes ran
         self.last_terms: dict[str, torch.Tensor] | None = None
+        #: the batch mean of each added term (unweighted) of the last forward pass
+        self.last_added: dict[str, torch.Tensor] = {}
         self.forward_count = 0
         self.window = LossWindow(int(win_size), float(sigma), float(k1), float(k2), float(data_range))
         self.win_size, self.sigma = self.window.win_size, self.window.sigma
@@ -327,12 +329,17 @@ class SSIMAlphaLoss(_Loss):
         Returns:
             ``(N,)`` (zeros without terms).
         """
+        return self._weighted_sum(fused, sources)[0]
+
+    def _weighted_sum(self, fused: torch.Tensor,
+                      sources: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``sum_k weight_k * term_k`` per image and the unweighted terms it was made of."""
         active = [name for name, w in self.term_weights.items() if w > 0]
         values = self.term_values(fused, sources, active) if active else {}
         total = torch.zeros(fused.shape[0], dtype=working_dtype(fused, sources), device=fused.device)
         for name in active:
             total = total + self.term_weights[name] * values[name]
-        return total
+        return total, values
 
     def forward(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """The loss: ``1 - mean over the batch of the weighted SSIM_alpha`` plus the mean weighted terms.
@@ -350,8 +357,11 @@ class SSIMAlphaLoss(_Loss):
         self.last_terms = self._term_means(ssim_map, m)
         self.forward_count += 1
         loss = 1.0 - self._weighted_map_mean(ssim_map, m).mean()
+        self.last_added = {}
         if any(w > 0 for w in self.term_weights.values()):
-            loss = loss + self.weighted_terms(fused_scored, sources).mean()
+            total, values = self._weighted_sum(fused_scored, sources)
+            self.last_added = {name: v.detach().mean() for name, v in values.items()}
+            loss = loss + total.mean()
         return loss
 
     @torch.no_grad()
