@@ -42,7 +42,9 @@ class SSIMAlphaTermsHandler:
 
     Metric names: ``{prefix}{term}_{source}`` per iteration (step = iteration) and
     ``{prefix}epoch_{term}_{source}`` per epoch (step = epoch, the mean over the epoch's
-    iterations), e.g. ``train_luminance_a`` and ``train_epoch_structure_b``.
+    iterations), e.g. ``train_luminance_a`` and ``train_epoch_structure_b``. A loss with added
+    terms also reports each one, unweighted, as ``{prefix}term_{name}`` (and
+    ``{prefix}epoch_term_{name}``), read from the loss's own pass.
 
     Args:
         loss: the SSIM-alpha loss whose terms are reported.
@@ -95,7 +97,7 @@ class SSIMAlphaTermsHandler:
         if src.shape[1] != len(self.source_names):
             raise ValueError(f"SSIMAlphaTermsHandler: {src.shape[1]} source channels but source_names "
                              f"{self.source_names}")
-        terms = self.loss.terms(pred.detach().float(), src.detach().float())
+        terms = self.loss.ssim_terms(pred.detach().float(), src.detach().float())
         return {f"{t}_{s}": float(terms[t][i]) for t in TERMS for i, s in enumerate(self.source_names)}
 
     def _terms_of_this_iteration(self, engine: Engine) -> dict[str, float]:
@@ -104,8 +106,15 @@ class SSIMAlphaTermsHandler:
         cached = getattr(self.loss, "last_terms", None)
         if cached is not None and count is not None and count != self._seen_count:
             self._seen_count = count
-            table = torch.stack([cached[t].float() for t in TERMS]).tolist()  # one device sync
-            return {f"{t}_{s}": table[j][i] for j, t in enumerate(TERMS) for i, s in enumerate(self.source_names)}
+            added = dict(getattr(self.loss, "last_added", None) or {})
+            flat = torch.cat([torch.stack([cached[t].float() for t in TERMS]).flatten(),
+                              torch.stack([v.float() for v in added.values()]) if added
+                              else cached[TERMS[0]].new_zeros(0)]).tolist()  # one device sync
+            n = len(self.source_names)
+            values = {f"{t}_{s}": flat[j * n + i]
+                      for j, t in enumerate(TERMS) for i, s in enumerate(self.source_names)}
+            values.update({f"term_{k}": flat[len(TERMS) * n + i] for i, k in enumerate(added)})
+            return values
         return self.compute(engine.state.output)
 
     def iteration_completed(self, engine: Engine) -> None:
@@ -137,11 +146,13 @@ class SSIMAlphaTermsHandler:
 
 
 def _format(values: Mapping[str, float], sources: Sequence[str]) -> str:
-    return "; ".join(
+    text = "; ".join(
         f"{s}: l={values[f'luminance_{s}']:.4f} c={values[f'contrast_{s}']:.4f} "
         f"s={values[f'structure_{s}']:.4f} ssim_alpha={values[f'ssim_alpha_{s}']:.4f}"
         for s in sources
     )
+    added = [f"{k[5:]}={v:.4f}" for k, v in values.items() if k.startswith("term_")]
+    return text + ("; terms: " + " ".join(added) if added else "")
 
 
 class SampleFigureHandler:

@@ -121,7 +121,7 @@ def test_training_run_is_tracked_in_mlflow(trained: dict) -> None:
                        "learning_rate": "0.005", "widths": "16,32,32,16", "device": "cpu",
                        "output_dir": str(trained["out"]), "datalist": str(trained["datalist"]),
                        "device_type": "cpu", "cuda_version": "none", "amp": "False",
-                       "second_term": "none", "second_weight": "0.0"}.items():
+                       "terms": "{}", "clip_output": "False", "source_weights": "0.5,0.5"}.items():
         assert p[key] == value, key
     import hashlib
 

@@ -66,7 +66,7 @@ def test_terms_handler_console_and_mlflow(mlflow_handler, caplog: pytest.LogCapt
             assert sorted(m.step for m in epochs) == [1, 2]
     # the values are the loss's own terms of the last batch, and the epoch value is the mean of its iterations
     batch = BATCHES[-1]
-    terms = loss.terms(0.6 * batch[:, :1] + 0.4 * batch[:, 1:], batch)
+    terms = loss.ssim_terms(0.6 * batch[:, :1] + 0.4 * batch[:, 1:], batch)
     last = {m.step: m.value for m in client.get_metric_history(rid, "train_luminance_b")}
     assert last[6] == pytest.approx(float(terms["luminance"][1]), abs=1e-6)
     per_iter = {m.step: m.value for m in client.get_metric_history(rid, "train_structure_a")}
@@ -193,10 +193,38 @@ def test_terms_handler_reads_the_loss_pass_of_the_iteration_instead_of_recomputi
     loss._maps = lambda *a: calls.append(1) or original(*a)  # count any second pass
     handler.iteration_completed(engine)
     assert calls == []
-    expected = SSIMAlphaLoss().terms(fused.detach(), sources)
+    expected = SSIMAlphaLoss().ssim_terms(fused.detach(), sources)
     for i, s in enumerate(("a", "b")):
         for t in ("luminance", "contrast", "structure", "ssim_alpha"):
             assert abs(handler.last[f"{t}_{s}"] - float(expected[t][i])) < 1e-6
     # no new forward pass since: the handler computes the terms itself
     handler.iteration_completed(engine)
     assert calls == [1]
+
+
+def test_terms_handler_reports_each_added_term_of_the_loss_pass() -> None:
+    from ignite.engine import Engine
+
+    loss = SSIMAlphaLoss(weights="variance", terms={"gradient": 4.0, "wmean": 4.0}, clip=True)
+    handler = SSIMAlphaTermsHandler(loss, iteration_log=False)
+    engine = Engine(lambda e, b: None)
+    g = torch.Generator().manual_seed(2)
+    sources = torch.rand(2, 2, 32, 32, generator=g)
+    fused = torch.rand(2, 1, 32, 32, generator=g)
+    engine.state.output = {"pred": fused, "label": sources}
+    handler.reset()
+    for _ in range(2):
+        loss(fused, sources)
+        handler.iteration_completed(engine)
+    expected = loss.term_values(fused, sources)
+    for name in ("gradient", "wmean"):
+        assert handler.last[f"term_{name}"] == pytest.approx(float(expected[name].mean()), rel=1e-6)
+    handler.epoch_completed(engine)
+    assert handler.last_epoch["term_gradient"] == pytest.approx(handler.last["term_gradient"])
+    assert "terms: gradient=" in _format_line(handler)
+
+
+def _format_line(handler: SSIMAlphaTermsHandler) -> str:
+    from pipeline.handlers import _format
+
+    return _format(handler.last, handler.source_names)

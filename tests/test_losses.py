@@ -1,4 +1,5 @@
-"""SSIM-alpha loss: equality with MONAI's SSIM, gradients, the l/c/s terms, the role of alpha."""
+"""SSIM-alpha loss: equality with MONAI's SSIM, gradients, the l/c/s terms, the role of alpha, clipping,
+source weights and the added terms as the loss sums them (each term alone: tests/test_loss_terms.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 from monai.metrics import SSIMMetric
 
-from pipeline.losses import SSIMAlphaLoss, gaussian_window, signed_power, sobel_gradients
+from pipeline.losses import TERMS, SSIMAlphaLoss, gaussian_window, legacy_terms, parse_terms, signed_power
+from pipeline.losses.kernels import source_variance
 
 
 def _images(seed: int = 0, n: int = 3, size: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +49,7 @@ def test_terms_multiply_to_ssim_and_are_bounded() -> None:
     loss = SSIMAlphaLoss(alpha=1, beta=1, gamma=1)
     maps = loss._maps(fused, sources)
     assert torch.allclose(maps["l"] * maps["c"] * maps["s"], loss.ssim_map(fused, sources), atol=1e-6)
-    terms = loss.terms(fused, sources)
+    terms = loss.ssim_terms(fused, sources)
     assert set(terms) == {"luminance", "contrast", "structure", "ssim_alpha"}
     for t in terms.values():
         assert t.shape == (2,)
@@ -141,119 +143,8 @@ def test_bad_parameters(kwargs: dict) -> None:
         SSIMAlphaLoss(**kwargs)
 
 
-# ---------------------------------------------------------------- optional second term
-from pipeline.losses import SECOND_TERMS, sobel_magnitude  # noqa: E402
 
-
-def test_sobel_magnitude_of_a_ramp_and_a_step() -> None:
-    ramp = torch.arange(8.0).repeat(8, 1)[None, None] / 10  # d/dx = 0.1 per pixel
-    mag = sobel_magnitude(ramp)
-    assert mag.shape == (1, 1, 6, 6)
-    assert torch.allclose(mag, torch.full_like(mag, 0.8), atol=1e-6)  # Sobel gain 8 x 0.1, d/dy = 0
-    assert float(sobel_magnitude(torch.full((1, 2, 9, 9), 0.4)).abs().max()) < 1e-6  # flat: no edge
-
-
-def test_second_term_none_is_the_thesis_loss() -> None:
-    fused, sources = _images(2)
-    thesis = SSIMAlphaLoss()
-    assert thesis.second_term == "none" and SECOND_TERMS[0] == "none"
-    off = SSIMAlphaLoss(second_term="none", second_weight=5.0)
-    assert float(off(fused, sources)) == pytest.approx(float(thesis(fused, sources)), abs=1e-7)
-    assert torch.equal(off.second(fused, sources), torch.zeros(3))
-
-
-@pytest.mark.parametrize("term", ["gradient", "bgradient", "intensity", "mean", "wmean", "sgradient", "fine",
-                                  "gradient+mean"])
-def test_second_term_adds_weighted_mean(term: str) -> None:
-    fused, sources = _images(3)
-    base = float(SSIMAlphaLoss()(fused, sources))
-    loss = SSIMAlphaLoss(second_term=term, second_weight=2.0)
-    extra = loss.second(fused, sources)
-    assert extra.shape == (3,) and bool((extra > 0).all())
-    assert float(loss(fused, sources)) == pytest.approx(base + 2.0 * float(extra.mean()), abs=1e-6)
-
-
-def test_second_terms_reference_values() -> None:
-    # intensity: |F - max(A, B)|; a fused image equal to the per-pixel maximum scores 0
-    a = torch.zeros(1, 1, 16, 16)
-    b = torch.zeros(1, 1, 16, 16)
-    a[..., :, 8:] = 1.0  # vertical edge in A only
-    b[..., 8:, :] = 0.5  # horizontal edge in B only
-    sources = torch.cat([a, b], dim=1)
-    brightest = sources.amax(dim=1, keepdim=True)
-    assert float(SSIMAlphaLoss(second_term="intensity").second(brightest, sources)) == 0.0
-    intensity = SSIMAlphaLoss(second_term="intensity")
-    assert float(intensity.second(torch.zeros_like(a), sources)) == pytest.approx(
-        float(brightest.mean()))
-    # gradient: the average keeps half of each edge, so it costs; a flat image costs the whole mean max edge
-    grad = SSIMAlphaLoss(second_term="gradient")
-    target = torch.maximum(sobel_magnitude(a), sobel_magnitude(b)).mean()
-    assert float(grad.second(torch.zeros_like(a), sources)) == pytest.approx(float(target), rel=1e-6)
-    assert 0 < float(grad.second((a + b) / 2, sources)) < float(target)
-    # mean: |F - (A + B) / 2|; the average itself scores 0, and terms combine by summing
-    average = sources.mean(dim=1, keepdim=True)
-    assert float(SSIMAlphaLoss(second_term="mean").second(average, sources)) == 0.0
-    both = SSIMAlphaLoss(second_term="gradient + mean").second(torch.zeros_like(a), sources)
-    assert float(both) == pytest.approx(float(target) + float(average.mean()), rel=1e-6)
-
-
-def test_bgradient_is_free_inside_the_band_q_abf_barely_scores() -> None:
-    from pipeline.losses import GRADIENT_BAND
-
-    a = torch.zeros(1, 1, 16, 16)
-    a[..., :, 8:] = 0.8  # a vertical edge in A; B flat
-    sources = torch.cat([a, torch.full_like(a, 0.3)], dim=1)
-    term = SSIMAlphaLoss(second_term="bgradient")
-    edge = float(sobel_magnitude(a).mean())
-    for scale, expected in ((1.0, 0.0), (0.8, 0.0), (GRADIENT_BAND, 0.0), (0.5, (GRADIENT_BAND - 0.5) * edge),
-                            (0.0, GRADIENT_BAND * edge), (1.25, 0.25 * edge)):
-        assert float(term.second(scale * a, sources)) == pytest.approx(expected, abs=1e-6), scale
-    # "gradient" charges the 0.8-strength edge that "bgradient" lets pass
-    assert float(SSIMAlphaLoss(second_term="gradient").second(0.8 * a, sources)) == pytest.approx(0.2 * edge)
-
-
-def test_gradient_term_gradcheck_and_autocast() -> None:
-    g = torch.Generator().manual_seed(4)
-    fused = (0.2 + 0.6 * torch.rand(1, 1, 14, 14, generator=g, dtype=torch.float64)).requires_grad_()
-    sources = torch.rand(1, 2, 14, 14, generator=g, dtype=torch.float64)
-    loss = SSIMAlphaLoss(second_term="gradient", second_weight=0.5)
-    value = loss(fused, sources)
-    value.backward()
-    assert fused.grad is not None and bool(torch.isfinite(fused.grad).all())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = loss(fused.detach().to(torch.bfloat16), sources.to(torch.bfloat16))
-    assert out.dtype == torch.float32
-
-
-@pytest.mark.parametrize("kwargs", [{"second_term": "edges"}, {"second_term": "none+gradient"},
-                                    {"second_term": "gradient", "second_weight": -1.0}])
-def test_bad_second_term(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="second"):
-        SSIMAlphaLoss(**kwargs)
-
-
-def test_sgradient_term_follows_the_dominant_source_with_signs() -> None:
-    a = torch.zeros(1, 1, 16, 16)
-    a[..., :, 8:] = 1.0  # vertical edge in A
-    b = torch.full((1, 1, 16, 16), 0.3)  # B flat: A dominates everywhere
-    sources = torch.cat([a, b], dim=1)
-    term = SSIMAlphaLoss(second_term="sgradient")
-    assert float(term.second(a, sources)) == 0.0
-    assert float(term.second(a + 0.25, sources)) == 0.0  # gradients ignore the level
-    # the inverted edge has the same magnitude ("gradient" does not see it) but the opposite sign
-    assert float(SSIMAlphaLoss(second_term="gradient").second(1 - a, sources)) == 0.0
-    expected = 2 * sobel_gradients(a).abs().sum(dim=2).mean()
-    assert float(term.second(1 - a, sources)) == pytest.approx(float(expected), rel=1e-6)
-
-
-def test_sobel_gradients_of_a_ramp() -> None:
-    ramp = torch.arange(8.0).repeat(8, 1)[None, None] / 8  # +1/8 per column
-    g = sobel_gradients(ramp)
-    assert g.shape == (1, 1, 2, 6, 6)
-    assert torch.allclose(g[:, :, 0], torch.ones(1, 1, 6, 6))  # (1 + 2 + 1) x 2 px x slope 1/8
-    assert torch.equal(g[:, :, 1], torch.zeros(1, 1, 6, 6))
-
-
+# ---------------------------------------------------------------- clipping and source weights
 def test_clip_scores_the_shipped_image() -> None:
     fused, sources = _images(5)
     raw = fused * 1.6 - 0.3  # values below 0 and above 1
@@ -276,10 +167,10 @@ def test_clip_scores_the_shipped_image() -> None:
     inside = torch.full_like(out, -0.05).requires_grad_()
     clipped_loss(inside, sources).backward()
     assert float(inside.grad[sources[:, :1] > 0].max()) < 0  # descent raises them
-    # the second term scores the clipped image too: a negative background is as good as 0 for "mean"
-    anchored = SSIMAlphaLoss(clip=True, second_term="mean", second_weight=1.0)
+    # the added terms score the clipped image too: a negative background is as good as 0 for "mean"
+    anchored = SSIMAlphaLoss(clip=True, terms={"mean": 1.0})
     assert float(anchored(out.detach(), sources)) == pytest.approx(0.0, abs=1e-6)
-    assert float(SSIMAlphaLoss(second_term="mean", second_weight=1.0)(out.detach().clamp(0, 1), sources)) == \
+    assert float(SSIMAlphaLoss(terms={"mean": 1.0})(out.detach().clamp(0, 1), sources)) == \
         pytest.approx(0.0, abs=1e-6)
     dead = torch.full_like(out, -0.05).requires_grad_()
     (1 - SSIMAlphaLoss().ssim(dead.clamp(0, 1), sources).mean()).backward()
@@ -322,7 +213,7 @@ def test_weight_sigma_narrows_the_window_of_the_variance_shares() -> None:
         share_b[name] = loss.window_weights(m)[0, 1, :, 17 - 5]  # column 17: 3 pixels right of the step
     assert float(share_b["wide"].mean()) < 0.5 < float(share_b["narrow"].mean())
     # the narrower shares are those of the narrower Gaussian window
-    _, _, _, var, _ = narrow._stats(b, sources, gaussian_window(11, 0.75))
+    var = source_variance(sources, gaussian_window(11, 0.75))
     _, m = narrow._ssim_map_and_terms(b, sources)
     assert torch.allclose(narrow.window_weights(m), var / var.sum(dim=1, keepdim=True), atol=1e-6)
     # sigma equal to the SSIM window's is the default; a non-positive one is refused
@@ -333,35 +224,97 @@ def test_weight_sigma_narrows_the_window_of_the_variance_shares() -> None:
         SSIMAlphaLoss(weights="variance", weight_sigma=0.0)
 
 
-def test_wmean_anchors_on_the_source_that_carries_the_structure() -> None:
-    g = torch.Generator().manual_seed(3)
-    a = torch.rand(1, 1, 24, 24, generator=g)
-    b = torch.full_like(a, 0.2)
-    b[..., 12:, :] = torch.rand(1, 1, 12, 24, generator=g)  # B flat in the top half, textured below
-    a[..., 12:, :] = 0.7  # A flat in the bottom half
-    sources = torch.cat([a, b], dim=1)
-    loss = SSIMAlphaLoss(second_term="wmean", win_size=5, sigma=1.0)
-    err = loss._wmean_error(a, sources)[0, 0]  # rows 2..21 of the 24x24 image
-    assert err.shape == (20, 20)
-    assert float(err[:8].abs().max()) < 1e-6  # rows 2-9: B flat in the whole window, target = A itself
-    err_b = loss._wmean_error(b, sources)[0, 0]
-    assert float(err_b[-8:].abs().max()) < 1e-6  # rows 14-21: A flat, target = B itself
-    # everything flat: equal weights, the target is the average (as "mean")
-    flat = torch.cat([torch.full_like(a, 0.2), torch.full_like(a, 0.6)], dim=1)
-    assert float(loss._wmean_error(torch.full_like(a, 0.4), flat).abs().max()) < 1e-6
-    # "mean" costs F = A where B is flat; "wmean" does not
-    top = (slice(None), slice(None), slice(2, 10), slice(2, 22))
-    assert float((a - sources.mean(dim=1, keepdim=True))[top].abs().mean()) > 0.1
+# ---------------------------------------------------------------- added terms, as the loss sums them
+#: the shipped model's loss (bundle 0.3.0, model card "Shipped hyperparameters")
+SHIPPED = {"weights": "variance", "terms": {"gradient": 4.0, "wmean": 4.0}, "clip": True}
 
 
-def test_fine_term_asks_for_the_dominant_source_pixel_by_pixel() -> None:
-    g = torch.Generator().manual_seed(7)
-    a = torch.rand(1, 1, 12, 12, generator=g)
-    b = torch.full_like(a, 0.5)  # flat: A dominates every 3x3 window
-    sources = torch.cat([a, b], dim=1)
-    fine = SSIMAlphaLoss(second_term="fine")
-    assert float(fine.second(a, sources)) == pytest.approx(0.0, abs=1e-6)
-    assert float(fine.second(a + 0.2, sources)) == pytest.approx(0.0, abs=1e-6)  # level ignored
-    shuffled = a.flatten()[torch.randperm(144, generator=g)].reshape_as(a)
-    assert float(fine.second(shuffled, sources)) > 0.5  # same values, other pattern: ~ 1 - 0
-    assert float(fine.second(1 - a, sources)) > 1.5  # inverted pattern: cs ~ -1
+def _shipped_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(13)
+    sources = torch.rand(2, 2, 32, 32, generator=g)
+    return 1.4 * torch.rand(2, 1, 32, 32, generator=g) - 0.2, sources
+
+
+def test_no_terms_is_the_thesis_loss() -> None:
+    fused, sources = _images(2)
+    thesis = SSIMAlphaLoss()
+    assert thesis.term_weights == {} and SSIMAlphaLoss(terms={}).term_weights == {}
+    zero = SSIMAlphaLoss(terms={"gradient": 0.0})
+    assert torch.equal(zero(fused, sources), thesis(fused, sources))
+    assert torch.equal(zero.weighted_terms(fused, sources), torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_each_term_adds_its_weighted_mean(name: str) -> None:
+    fused, sources = _images(3)
+    base = float(SSIMAlphaLoss()(fused, sources))
+    loss = SSIMAlphaLoss(terms={name: 2.0})
+    extra = loss.term_values(fused, sources)[name]
+    assert extra.shape == (3,) and bool((extra > 0).all())
+    assert torch.equal(extra, TERMS[name](fused, sources, loss.window))
+    assert float(loss(fused, sources)) == pytest.approx(base + 2.0 * float(extra.mean()), abs=1e-6)
+
+
+def test_terms_have_their_own_weights() -> None:
+    fused, sources = _images(4)
+    loss = SSIMAlphaLoss(terms={"gradient": 1.5, "mean": 0.25})
+    v = loss.term_values(fused, sources)
+    expected = float(SSIMAlphaLoss()(fused, sources)) + float((1.5 * v["gradient"] + 0.25 * v["mean"]).mean())
+    assert float(loss(fused, sources)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_shipped_loss_is_unchanged() -> None:
+    """The shipped configuration: bit for bit the sum the loss made before terms had their own weights
+    (``1 - ssim + 4 * mean(gradient + wmean)``; 4 is a power of two, so ``4a + 4b == 4 (a + b)``
+    exactly), and the value that sum gave (recorded with bundle 0.3.0's loss, to CPU round-off)."""
+    fused, sources = _shipped_inputs()
+    loss = SSIMAlphaLoss(**SHIPPED)
+    clipped = fused + (fused.clamp(0, 1) - fused).detach()
+    v = loss.term_values(clipped, sources)
+    old_sum = (1.0 - loss.ssim(clipped, sources).mean()) + 4.0 * (v["gradient"] + v["wmean"]).mean()
+    value = loss(fused, sources)
+    assert torch.equal(value, old_sum)
+    assert float(value) == pytest.approx(float.fromhex("0x1.aaba900000000p+2"), abs=2e-6)  # 6.6676369
+    fr = fused.clone().requires_grad_()
+    loss(fr, sources).backward()
+    grad_sum = float.fromhex("0x1.3c52240f45152p+4")  # 19.77
+    assert float(fr.grad.double().abs().sum()) == pytest.approx(grad_sum, rel=1e-5)
+
+
+def test_legacy_second_term_maps_onto_terms() -> None:
+    assert legacy_terms("gradient+wmean", 4.0) == {"gradient": 4.0, "wmean": 4.0}
+    assert legacy_terms("none", 5.0) == {} == legacy_terms(None, None) == legacy_terms("gradient", 0.0)
+    assert legacy_terms("gradient + mean", 2) == {"gradient": 2.0, "mean": 2.0}
+    fused, sources = _shipped_inputs()
+    with pytest.warns(FutureWarning, match="terms"):
+        old = SSIMAlphaLoss(weights="variance", clip=True, second_term="gradient+wmean", second_weight=4.0)
+    assert old.term_weights == SHIPPED["terms"]
+    assert torch.equal(old(fused, sources), SSIMAlphaLoss(**SHIPPED)(fused, sources))
+    for bad in (("edges", 1.0), ("none+gradient", 1.0), ("gradient", -1.0), ("intensity", 1.0)):
+        with pytest.raises(ValueError):
+            legacy_terms(*bad)
+    with pytest.raises(ValueError, match="both"), pytest.warns(FutureWarning):
+        SSIMAlphaLoss(terms={"gradient": 1.0}, second_term="gradient", second_weight=1.0)
+
+
+@pytest.mark.parametrize("terms,match", [({"edges": 1.0}, "unknown loss term"), ({"gradient": -1.0}, ">= 0"),
+                                         ({"gradient": "x"}, "number"), ("gradient", "mapping"),
+                                         ({"intensity": 1.0}, "unknown")])
+def test_bad_terms(terms: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SSIMAlphaLoss(terms=terms)  # type: ignore[arg-type]
+
+
+def test_parse_terms_normalises_names_and_weights() -> None:
+    assert parse_terms({" Gradient ": 4, "wmean": "4.0"}) == {"gradient": 4.0, "wmean": 4.0}
+    assert parse_terms(None) == {}
+
+
+def test_terms_autocast_keeps_float32() -> None:
+    g = torch.Generator().manual_seed(4)
+    fused = 0.2 + 0.6 * torch.rand(1, 1, 14, 14, generator=g)
+    sources = torch.rand(1, 2, 14, 14, generator=g)
+    loss = SSIMAlphaLoss(terms={"gradient": 0.5, "wmean": 0.5})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(fused.to(torch.bfloat16), sources.to(torch.bfloat16))
+    assert out.dtype == torch.float32
