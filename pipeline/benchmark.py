@@ -48,10 +48,7 @@ from pipeline.baselines import METHODS, fuse_pair
 from pipeline.baselines.cli import collect_params
 from pipeline.io import read_pair, write_png
 
-__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "LOWER_IS_BETTER"]
-
-#: Metrics for which a smaller value is better (every other one: larger is better).
-LOWER_IS_BETTER = frozenset({"Q_CV", "RMSE", "CE", "seconds"})
+__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "lower_is_better"]
 
 DEFAULT_METHODS = ",".join(METHODS)
 
@@ -111,6 +108,34 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
+def lower_is_better(columns: Sequence[str], convention: str = "project") -> frozenset[str]:
+    """The columns whose smallest mean is the best: ``seconds`` and those whose metric says so.
+
+    The direction is the registry's (:attr:`pipeline.metrics.MetricSpec.higher_is_better`); under
+    another convention each column takes the direction of the metric that computes it.
+
+    Args:
+        columns: metric columns of the summary (vocabulary names, or the convention's).
+        convention: whose column names ``columns`` are.
+
+    Returns:
+        the lower-is-better columns among ``columns``, plus ``seconds``.
+
+    Raises:
+        UnknownMetricError: a vocabulary name that is not registered (project convention).
+        ValueError: an unknown convention or column name.
+    """
+    from pipeline.metrics import get_spec
+    from pipeline.metrics.conventions import get_convention
+
+    conv = get_convention(convention)
+    if conv.name == "project":
+        lower = (name for name in columns if not get_spec(name).higher_is_better)
+    else:
+        lower = (name for name in columns if not conv.higher_is_better(name))
+    return frozenset({"seconds", *lower})
+
+
 def summarise(
     rows: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]
 ) -> dict[str, dict[str, tuple[float, float]]]:
@@ -137,7 +162,7 @@ def summarise(
 
 def summary_markdown(
     table: dict[str, dict[str, tuple[float, float]]], metrics: Sequence[str], title: str, n_pairs: int,
-    skipped: dict[str, str], lower_is_better: frozenset[str] = LOWER_IS_BETTER,
+    skipped: dict[str, str], lower: frozenset[str] | None = None,
 ) -> str:
     """The summary table as Markdown: metrics as rows, methods as columns, the best in bold.
 
@@ -147,21 +172,23 @@ def summary_markdown(
         title: heading line.
         n_pairs: number of pairs scored.
         skipped: methods skipped and why.
-        lower_is_better: the columns for which a smaller mean is the best (default: the
-            project's names, :data:`LOWER_IS_BETTER`).
+        lower: the columns for which a smaller mean is the best (default: ``seconds`` and the
+            registry's lower-is-better metrics, :func:`lower_is_better` of ``metrics``).
 
     Returns:
         the Markdown text.
     """
     methods = list(table)
     columns = [*metrics, "seconds"]
+    if lower is None:
+        lower = lower_is_better(metrics)
     best: dict[str, float] = {}
     for name in columns:
         means = [table[m][name][0] for m in methods if math.isfinite(table[m][name][0])]
         if means:
-            best[name] = min(means) if name in lower_is_better else max(means)
+            best[name] = min(means) if name in lower else max(means)
     lines = [f"# {title}", "", f"Mean +- standard deviation over {n_pairs} pairs; best in bold "
-             f"(lower is better for {', '.join(sorted(lower_is_better))}, higher for the rest). "
+             f"(lower is better for {', '.join(sorted(lower))}, higher for the rest). "
              "`seconds` is the fusion time per pair.", ""]
     # metrics as rows and methods as columns, like the thesis's Tables 4.1/4.2
     lines.append("| metric | " + " | ".join(methods) + " |")
@@ -322,13 +349,11 @@ def run_benchmark(
     entries = load_datalist(datalist, split)
     if conv.name == "project":
         metric_names = list(metrics) if metrics else list(DEFAULT_METRICS)
-        lower_is_better = LOWER_IS_BETTER
         scoring: dict[str, Any] = {"colour": "y"}
     else:
         metric_names = [c.name for c in conv.select(list(metrics) if metrics else None)]
-        lower = (n for n in metric_names if conv.metric_of(n) in LOWER_IS_BETTER)
-        lower_is_better = frozenset({"seconds", *lower})
         scoring = {"convention": conv.name}
+    lower = lower_is_better(metric_names, conv.name)  # checks the names before anything is fused
     if limit is not None:
         entries = entries[: max(0, int(limit))]
     if not entries:
@@ -392,7 +417,7 @@ def run_benchmark(
     pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
     scored = colour if conv.name == "project" else f"{colour}; {conv.name} convention"
     text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({scored})",
-                            len(entries), skipped, lower_is_better)
+                            len(entries), skipped, lower)
     tmp = out / ".summary.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / "summary.md")

@@ -28,8 +28,8 @@ from ignite.engine import Engine, Events
 
 from pipeline.io import atomic_write_bytes
 from pipeline.losses import SSIMAlphaLoss
+from pipeline.metrics.ignite import pred_and_sources
 from pipeline.tracking import MLflowRun, device_info, file_sha256, find_mlflow_run, log_params_once
-from pipeline.validation import pred_and_sources
 
 __all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar", "TERMS"]
 

@@ -55,7 +55,8 @@ def test_benchmark_end_to_end(datalist, tmp_path, capsys):
     assert summary.count("**") >= 2 * 4  # one best per row
     for name in (*METRICS, "seconds"):
         assert f"| {name} |" in summary
-    # the best RMSE is the smallest mean
+    # the best RMSE is the smallest mean: the registry's direction, named for the requested columns
+    assert "lower is better for RMSE, seconds" in summary
     rmse = {m: np.mean([float(r["RMSE"]) for r in rows if r["method"] == m]) for m in ("wa", "dwt", "lp")}
     rmse_row = next(line for line in summary.splitlines() if line.startswith("| RMSE |"))
     best_cell = rmse_row.split(" | ")[1 + ("wa", "dwt", "lp").index(min(rmse, key=rmse.get))]

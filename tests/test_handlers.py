@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from ignite.exceptions import NotComputableError
 
 from pipeline.checkpoint import AtomicCheckpointSaver
 from pipeline.handlers import RunInfoHandler, SampleFigureHandler, SSIMAlphaTermsHandler
@@ -170,6 +171,9 @@ def test_ssim_alpha_metric() -> None:
     assert metric.compute() == pytest.approx(float(np.mean(expected)), abs=1e-6)
     with pytest.raises(ValueError, match="cannot find pred"):
         pred_and_sources(42)
+    metric.reset()
+    with pytest.raises(NotComputableError, match="no images were seen"):  # an empty validation split
+        metric.compute()
 
 
 def test_terms_handler_reads_the_loss_pass_of_the_iteration_instead_of_recomputing() -> None:

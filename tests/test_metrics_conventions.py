@@ -129,7 +129,8 @@ def test_registry_records() -> None:
     assert get_convention("project").names == METRIC_NAMES
     for conv in CONVENTIONS.values():
         for column in conv.columns:
-            get_spec(column.metric)  # every column is computed by a registered metric
+            spec = get_spec(column.metric)  # every column is computed by a registered metric
+            assert conv.higher_is_better(column.name) is spec.higher_is_better  # and has its direction
         assert len({c.metric for c in conv.columns}) == len(conv.columns)
     assert get_convention("vifb").metric_of("Qcv") == "Q_CV"
 

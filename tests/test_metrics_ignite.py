@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 
-from pipeline.metrics import UnknownMetricError, get_metric
+from pipeline.metrics import METRICS, UnknownMetricError, get_metric, get_spec
 from pipeline.metrics.ignite import FusionMetric, batched_metric
 
 
@@ -51,13 +49,14 @@ def test_fmi_pixel_and_numpy_fallback() -> None:
         assert metrics[name] == pytest.approx(_numpy_mean(name, batches), abs=1e-12)
 
 
-@pytest.mark.parametrize("name,module,func", [("Q_Y", "pipeline.metrics.structural", "q_y_torch"),
-                                               ("Q_ABF", "pipeline.metrics.gradient", "q_abf_torch")])
-def test_q_y_and_q_abf(name: str, module: str, func: str) -> None:
+@pytest.mark.parametrize("name", [name for name, spec in METRICS.items() if spec.torch])
+def test_torch_versions_equal_numpy(name: str) -> None:
     try:
-        getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError):
-        pytest.skip(f"{module}.{func} not available")
+        fn = get_spec(name).load_torch()
+    except ImportError as err:
+        pytest.skip(str(err))
+    assert batched_metric(name).__name__ == "<lambda>"  # the torch version, not the per-image fallback
+    assert callable(fn)
     batches = _batches(1)
     assert _run([name], batches)[name] == pytest.approx(_numpy_mean(name, batches), abs=1e-9)
 
@@ -82,6 +81,18 @@ def test_output_transform_and_errors() -> None:
         metric.update((fused, sources[:, :1]))
     with pytest.raises(UnknownMetricError):
         FusionMetric("QY")
+
+
+def test_engine_output_forms() -> None:
+    # The batched dict of an evaluator with decollate=False, and a decollated list of images.
+    fused, sources = _batches()[0]
+    expected = _numpy_mean("SD", [(fused, sources)])
+    for output in ({"pred": fused, "label": sources},
+                   [{"pred": f, "label": s} for f, s in zip(fused, sources)]):
+        metric = FusionMetric("SD")
+        metric.reset()
+        metric.update(output)
+        assert metric.compute() == pytest.approx(expected)
 
 
 def test_batched_metric_shape() -> None:

@@ -18,6 +18,7 @@ from pipeline.colour import rgb_to_ycbcr
 from pipeline.metrics import fmi as F
 from pipeline.metrics import statistics as S
 
+#: The documented vocabulary (DESIGN, CSV columns, MLflow keys): a contract, so spelled out here.
 VOCABULARY = ("Q_MI Q_NCIE Q_G Q_P Q_E Q_Y Q_CB Q_CV Q_ABF FMI_pixel FMI_gradient FMI_edge FMI_dct "
               "FMI_wavelet MI EN SD SF AG EI SCD VIF SSIM PSNR RMSE CE").split()
 
@@ -35,33 +36,49 @@ def gray(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_vocabulary_is_registered_in_order() -> None:
-    assert list(M.METRIC_NAMES) == VOCABULARY
-    assert M.DEFAULT_METRICS == VOCABULARY
+    # Every documented name is registered, in the documented order; a new metric may join them.
+    assert [name for name in M.METRIC_NAMES if name in VOCABULARY] == VOCABULARY
+    assert M.DEFAULT_METRICS == list(M.METRIC_NAMES)
     for name, spec in M.METRICS.items():
         assert spec.name == name
-        module, _, func = spec.target.partition(":")
-        assert module.startswith("pipeline.metrics.") and func
+        for target in filter(None, (spec.target, spec.torch)):
+            module, _, func = target.partition(":")
+            assert module.startswith("pipeline.metrics.") and func
+        assert spec.summary and spec.reference and isinstance(spec.higher_is_better, bool)
+        assert spec.direction == ("higher" if spec.higher_is_better else "lower")
+        assert not spec.torch_options or spec.torch, f"{name}: torch options without a torch version"
 
 
 def test_own_targets_resolve() -> None:
-    for name in ("FMI_pixel", "FMI_gradient", "FMI_edge", "FMI_dct", "FMI_wavelet", "EN", "SD", "SF", "AG",
-                 "EI", "SCD", "PSNR", "RMSE"):
+    own = ("pipeline.metrics.fmi:", "pipeline.metrics.statistics:")
+    names = [name for name, spec in M.METRICS.items() if spec.target.startswith(own)]
+    assert names
+    for name in names:
         assert callable(M.get_spec(name).load())
 
 
 def test_import_is_lazy() -> None:
+    # Only the registry is imported: no family module and no torch until a metric is computed.
     code = ("import sys, pipeline.metrics as m; m.get_metric('Q_Y'); "
             "print(sorted(k for k in sys.modules if k.startswith('pipeline.metrics.')), "
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[] False"
+    assert out.strip() == "['pipeline.metrics.registry'] False"
+
+
+def test_public_names_stay_in_the_package() -> None:
+    from pipeline.metrics import registry
+
+    for name in M.__all__:
+        assert getattr(M, name) is getattr(registry, name, getattr(M, name))
+    assert M.METRICS is registry.METRICS  # one registry: patching the package's patches the computation
 
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(M.UnknownMetricError) as info:
         M.get_metric("FMI_pixl")
     message = str(info.value)
-    assert "Did you mean FMI_pixel?" in message and all(name in message for name in VOCABULARY)
+    assert "Did you mean FMI_pixel?" in message and all(name in message for name in M.METRIC_NAMES)
     assert isinstance(info.value, ValueError)
     with pytest.raises(M.UnknownMetricError):  # checked before anything is computed
         M.compute_metrics(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((8, 8)), ["EN", "QY"])

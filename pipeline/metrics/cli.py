@@ -24,20 +24,38 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, compute_metrics
+from pipeline.metrics import COLOUR_MODES, DEFAULT_METRICS, METRICS, compute_metrics, get_spec
 from pipeline.metrics.conventions import CONVENTIONS, Convention, get_convention
 from pipeline.pairing import pair_folders
 
-__all__ = ["add_arguments", "run", "pair_folders"]
+__all__ = ["add_arguments", "run", "pair_folders", "metric_table"]
+
+
+def metric_table() -> str:
+    """The registered metrics, one line each: name, better direction, summary and reference.
+
+    Returns:
+        the lines, for ``--help``; read from the specs (:data:`pipeline.metrics.METRICS`).
+    """
+    width = max(map(len, METRICS))
+    lines = [f"  {spec.name.ljust(width)}  {spec.direction:<6}  {spec.summary} [{spec.reference}]"
+             for spec in METRICS.values()]
+    return "metrics (name, which values are better, what it is [what it reproduces]):\n" + "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``metrics`` command's arguments to ``parser``."""
+    """Add the ``metrics`` command's arguments to ``parser``, and the metric table to its help.
+
+    Args:
+        parser: the ``metrics`` sub-command's parser.
+    """
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = metric_table()
     parser.add_argument("a", type=Path, help="first source image, or a folder of them")
     parser.add_argument("b", type=Path, help="second source image, or a folder of them")
     parser.add_argument("f", type=Path, help="fused image, or a folder of them (same names)")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated metric names (default: all: " + ",".join(DEFAULT_METRICS) + ")")
+                        help="comma-separated metric names (default: all of them, listed below)")
     parser.add_argument("--colour", choices=COLOUR_MODES, default=None,
                         help="colour images: 'y' = the Y channel (default), "
                              "'per-channel' = mean over RGB (VIFB); a --convention fixes its own")
@@ -54,8 +72,6 @@ def _parse_names(text: str | None, convention: Convention) -> list[str]:
     if not names:
         raise ValueError("--metrics is empty; give comma-separated names such as Q_Y,FMI_pixel")
     if convention.name == "project":
-        from pipeline.metrics import get_spec
-
         for name in names:
             get_spec(name)  # fails fast, listing the valid names
     else:

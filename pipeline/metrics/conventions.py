@@ -33,6 +33,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.metrics.registry import METRIC_NAMES, ColourMode, compute_project, get_spec
+
 __all__ = [
     "Column",
     "Convention",
@@ -122,7 +124,7 @@ class Convention:
     name: str
     summary: str
     columns: tuple[Column, ...]
-    colour: str
+    colour: ColourMode
     prepare: Callable[[np.ndarray], np.ndarray] = _unchanged
 
     @property
@@ -155,8 +157,33 @@ class Convention:
         return [by_name[name] for name in names]
 
     def metric_of(self, name: str) -> str:
-        """The registered metric behind column ``name`` (for lower-is-better rules, say)."""
+        """The registered metric behind column ``name``.
+
+        Args:
+            name: one of this convention's column names.
+
+        Returns:
+            the metric's vocabulary name.
+
+        Raises:
+            ValueError: ``name`` is not one of this convention's columns.
+        """
         return self.select([name])[0].metric
+
+    def higher_is_better(self, name: str) -> bool:
+        """The direction of column ``name``: its registered metric's
+        (:attr:`pipeline.metrics.MetricSpec.higher_is_better`).
+
+        Args:
+            name: one of this convention's column names.
+
+        Returns:
+            True when a larger value of the column is better.
+
+        Raises:
+            ValueError: ``name`` is not one of this convention's columns.
+        """
+        return get_spec(self.metric_of(name)).higher_is_better
 
     def read(self, path: str | Path) -> np.ndarray:
         """Read an image file as this convention's evaluator reads it.
@@ -174,8 +201,6 @@ class Convention:
 
 def _project() -> Convention:
     """The registry itself as a convention: every metric under its own name, colour on Y."""
-    from pipeline.metrics import METRIC_NAMES
-
     return Convention("project", "the project's names and definitions (pipeline.metrics)",
                       tuple(Column(name, name) for name in METRIC_NAMES), "y")
 
@@ -272,8 +297,6 @@ def compute_convention(
         UnknownConventionError: an unknown convention.
         ValueError: unknown column names or options, bad images.
     """
-    from pipeline.metrics import compute_metrics
-
     conv = get_convention(convention)
     columns = conv.select(names)
     options = dict(options or {})
@@ -286,6 +309,6 @@ def compute_convention(
         if merged:
             metric_options[column.metric] = merged
     images = [conv.prepare(x) for x in (a, b, f)]
-    values = compute_metrics(*images, [column.metric for column in columns], colour=conv.colour,
+    values = compute_project(*images, [column.metric for column in columns], colour=conv.colour,
                              options=metric_options, nan_policy=nan_policy)
     return {column.name: values[column.metric] for column in columns}

@@ -1,17 +1,20 @@
-"""Ignite metric wrappers: fusion metrics reported by the bundle's evaluator every validation epoch.
+"""Ignite metrics: per-image values averaged over an epoch, for the bundle's trainer and evaluator.
 
-:class:`FusionMetric` accumulates the per-image values of one registered metric over an epoch and
-returns their mean. Its ``output_transform`` must return ``(fused, sources)`` as the evaluator
-provides them: ``fused`` ``(N, 1, H, W)`` and ``sources`` ``(N, 2, H, W)`` (A then B), float in
-[0, 1] like every library tensor. At this boundary they are clipped to [0, 1], multiplied by 255
-and (by default) rounded to 8-bit levels, so that the values equal those of
-``python -m pipeline metrics`` on the saved PNGs.
+:class:`EpochMean` is the one base: it reads ``(fused, sources)`` from the engine output
+(:func:`pred_and_sources`), asks its subclass for one value per image, keeps a float64 running sum
+and count (reduced over processes by ``sync_all_reduce``) and returns their mean, raising
+``NotComputableError`` when no image was seen. Two metrics build on it: :class:`FusionMetric`
+here, and the bundle's validation metric :class:`pipeline.validation.SSIMAlphaMetric`.
 
-Metrics with a batched torch implementation run on the tensors' device: ``Q_Y``
-(``structural.q_y_torch``), ``SSIM`` (``structural.ssim_torch``), ``Q_ABF``
-(``gradient.q_abf_torch``) and every ``FMI_*`` (:func:`pipeline.metrics.fmi.fmi_torch`). Any
-other registered name (or one of these when its torch version cannot be imported) is computed
-with the numpy function, image by image, on the CPU.
+:class:`FusionMetric` averages one registered metric. The engine output gives ``fused``
+``(N, 1, H, W)`` and ``sources`` ``(N, 2, H, W)`` (A then B), float in [0, 1] like every library
+tensor. At this boundary they are clipped to [0, 1], multiplied by 255 and (by default) rounded to
+8-bit levels, so that the values equal those of ``python -m pipeline metrics`` on the saved PNGs.
+
+A metric whose spec names a batched torch version (:attr:`pipeline.metrics.MetricSpec.torch`:
+``Q_Y``, ``SSIM``, ``Q_ABF`` and every ``FMI_*`` today) runs on the tensors' device. Any other
+registered name (or one of these when its torch version cannot be imported) is computed with the
+numpy function, image by image, on the CPU.
 
 Example::
 
@@ -22,50 +25,147 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-from pipeline.metrics import MetricValueError, get_metric, get_spec
+from pipeline.metrics.registry import MetricValueError, get_metric, get_spec
 
-__all__ = ["FusionMetric", "TORCH_IMPLEMENTATIONS", "batched_metric"]
-
-#: Batched torch versions: name -> (module, function, fixed keyword arguments).
-TORCH_IMPLEMENTATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "Q_Y": ("pipeline.metrics.structural", "q_y_torch", {}),
-    "SSIM": ("pipeline.metrics.structural", "ssim_torch", {}),
-    "Q_ABF": ("pipeline.metrics.gradient", "q_abf_torch", {}),
-    **{f"FMI_{feature}": ("pipeline.metrics.fmi", "fmi_torch", {"feature": feature})
-       for feature in ("pixel", "gradient", "edge", "dct", "wavelet")},
-}
-
+__all__ = ["EpochMean", "FusionMetric", "batched_metric", "pred_and_sources"]
 
 BatchedMetric = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pred_and_sources(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, sources)`` as batched tensors from a MONAI engine output.
+
+    Accepts the batched dict (``decollate=False``), a decollated list of per-image dicts, or a
+    ``(pred, sources)`` pair (of tensors, or of lists of per-image tensors).
+
+    Args:
+        output: the engine output, or what an ``output_transform`` made of it.
+
+    Returns:
+        ``pred`` ``(N, 1, H, W)`` and ``sources`` ``(N, S, H, W)``.
+
+    Raises:
+        ValueError: the output holds neither form.
+    """
+    if isinstance(output, Mapping):
+        pred, src = output["pred"], output["label"]
+    elif isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
+        pred = torch.stack([torch.as_tensor(o["pred"]) for o in output])
+        src = torch.stack([torch.as_tensor(o["label"]) for o in output])
+    elif isinstance(output, Sequence) and len(output) == 2:
+        pred, src = output
+        if isinstance(pred, Sequence):
+            pred, src = torch.stack(list(pred)), torch.stack(list(src))
+    else:
+        raise ValueError(f"cannot find pred and label in an engine output of type {type(output).__name__}")
+    pred, src = torch.as_tensor(pred), torch.as_tensor(src)
+    if pred.ndim == 3:  # one decollated image
+        pred, src = pred[None], src[None]
+    return pred, src
+
+
+class EpochMean(Metric):
+    """Mean over the images of an epoch of a value per image; subclasses define the value.
+
+    The running sum is float64 and lives on ``device``; ``compute`` reduces sum and count over
+    the processes of a distributed run before dividing, so every rank reports the mean over all
+    images, not over its shard.
+
+    Args:
+        label: the metric's name in error messages.
+        output_transform: from the engine output to something :func:`pred_and_sources` reads
+            (default: the engine output itself).
+        device: where the running sum lives.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        output_transform: Callable[[Any], Any] = pred_and_sources,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.label = label
+        super().__init__(output_transform=output_transform, device=device)
+
+    def per_image(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The value of each image of a batch (called without gradients).
+
+        Args:
+            fused: ``(N, 1, H, W)`` network output or fused image, float in [0, 1] (unclipped).
+            sources: ``(N, S, H, W)`` sources, float in [0, 1].
+
+        Returns:
+            ``(N,)`` tensor of values.
+        """
+        raise NotImplementedError
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        """Start an epoch: no image seen."""
+        self._sum = torch.tensor(0.0, dtype=torch.float64, device=self._device)
+        self._count = 0
+
+    @reinit__is_reduced
+    def update(self, output: Any) -> None:
+        """Add one batch of the engine output (see :func:`pred_and_sources` for its forms).
+
+        Args:
+            output: what ``output_transform`` returned for one iteration.
+        """
+        fused, sources = pred_and_sources(output)
+        with torch.no_grad():
+            values = self.per_image(fused, sources)
+        self._sum += values.detach().to(torch.float64).sum().to(self._device)
+        self._count += int(values.numel())
+
+    @sync_all_reduce("_sum", "_count")
+    def compute(self) -> float:
+        """Mean over the images seen since the last reset, over every process.
+
+        Returns:
+            the mean.
+
+        Raises:
+            NotComputableError: no image was seen (a ``RuntimeError``).
+        """
+        if self._count == 0:
+            raise NotComputableError(f"{self.label}: no images were seen since the last reset; "
+                                     "is the validation split empty?")
+        return float(self._sum.item()) / self._count
 
 
 def batched_metric(name: str, **options: Any) -> BatchedMetric:
     """The metric ``name`` on batches ``(N, 1, H, W)`` in 0..255, returning a ``(N,)`` tensor.
 
-    Uses the torch implementation when there is one and it imports; otherwise the numpy
+    Uses the spec's torch version when there is one and it imports; otherwise the numpy
     function per image (on the CPU; the result is put on the inputs' device).
+
+    Args:
+        name: a registered metric name.
+        options: keyword arguments of the metric, over the spec's defaults.
+
+    Returns:
+        ``fn(a, b, f) -> values``.
 
     Raises:
         UnknownMetricError: ``name`` is not in the vocabulary.
     """
-    get_spec(name)
-    if name in TORCH_IMPLEMENTATIONS:
-        module_name, func_name, fixed = TORCH_IMPLEMENTATIONS[name]
-        try:
-            fn = getattr(importlib.import_module(module_name), func_name)
-        except (ImportError, AttributeError):
-            fn = None
-        if fn is not None:
-            return lambda a, b, f: fn(a, b, f, **fixed, **options)
+    spec = get_spec(name)
+    try:
+        fn = spec.load_torch()
+    except ImportError:
+        fn = None
+    if fn is not None:
+        kwargs = {**spec.options, **spec.torch_options, **options}
+        return lambda a, b, f: fn(a, b, f, **kwargs)
     metric = get_metric(name)
 
     def per_image(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -76,13 +176,13 @@ def batched_metric(name: str, **options: Any) -> BatchedMetric:
     return per_image
 
 
-class FusionMetric(Metric):
-    """Mean of one fusion metric over the images of an epoch.
+class FusionMetric(EpochMean):
+    """Mean of one registered fusion metric over the images of an epoch.
 
     Args:
         name: a registered metric name (``"Q_Y"``, ``"FMI_pixel"``, ``"Q_ABF"``, ...).
         output_transform: maps the engine's output to ``(fused, sources)``: ``(N, 1, H, W)`` and
-            ``(N, 2, H, W)`` tensors in [0, 1].
+            ``(N, 2, H, W)`` tensors in [0, 1] (or any form :func:`pred_and_sources` reads).
         device: where the running sum lives (for distributed reduction).
         options: keyword arguments of the metric (e.g. ``{"flat": "canonical"}`` for ``Q_Y``).
         quantize: round the 0..255 images to integer levels, as saving them as 8-bit PNGs would
@@ -95,7 +195,7 @@ class FusionMetric(Metric):
     def __init__(
         self,
         name: str,
-        output_transform: Callable[[Any], Any] = lambda x: x,
+        output_transform: Callable[[Any], Any] = pred_and_sources,
         device: str | torch.device = torch.device("cpu"),
         options: Mapping[str, Any] | None = None,
         quantize: bool = True,
@@ -103,54 +203,35 @@ class FusionMetric(Metric):
         self.name = name
         self._fn = batched_metric(name, **dict(options or {}))
         self._quantize = quantize
-        super().__init__(output_transform=output_transform, device=device)
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sum = torch.tensor(0.0, dtype=torch.float64, device=self._device)
-        self._count = 0
+        super().__init__(name, output_transform=output_transform, device=device)
 
     def _to_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] tensor -> 0..255 (rounded to 8-bit levels unless ``quantize`` is off)."""
         x = x.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0
         return torch.round(x) if self._quantize else x
 
-    @reinit__is_reduced
-    def update(self, output: Sequence[torch.Tensor]) -> None:
-        """Add one batch: ``output = (fused (N, 1, H, W), sources (N, 2, H, W))`` in [0, 1].
+    def per_image(self, fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The metric of each fused image against its two sources, on 8-bit levels.
+
+        Args:
+            fused: ``(N, 1, H, W)`` in [0, 1].
+            sources: ``(N, 2, H, W)`` in [0, 1], A then B, on the same grid.
+
+        Returns:
+            ``(N,)`` float64 values.
 
         Raises:
             ValueError: the shapes are not as above.
             MetricValueError: the metric returned NaN for an image.
         """
-        if not (isinstance(output, Sequence) and len(output) == 2):
-            raise ValueError(f"{self.name}: output_transform must return (fused, sources), "
-                             f"got {type(output)}")
-        fused, sources = output
         if fused.ndim != 4 or fused.shape[1] != 1 or sources.ndim != 4 or sources.shape[1] != 2 \
                 or fused.shape[0] != sources.shape[0] or fused.shape[-2:] != sources.shape[-2:]:
             raise ValueError(f"{self.name}: expected fused (N, 1, H, W) and sources (N, 2, H, W) on one "
                              f"grid, got {tuple(fused.shape)} and {tuple(sources.shape)}")
-        with torch.no_grad():
-            f = self._to_levels(fused)
-            s = self._to_levels(sources)
-            values = self._fn(s[:, 0:1], s[:, 1:2], f)
+        f = self._to_levels(fused)
+        s = self._to_levels(sources)
+        values = self._fn(s[:, 0:1], s[:, 1:2], f)
         if torch.isnan(values).any():
             bad = torch.nonzero(torch.isnan(values)).flatten().tolist()
             raise MetricValueError(f"{self.name} returned NaN for batch item(s) {bad}")
-        self._sum += values.sum().to(self._device)
-        self._count += int(values.shape[0])
-
-    @sync_all_reduce("_sum", "_count")
-    def compute(self) -> float:
-        """Mean over the images seen since the last reset.
-
-        Raises:
-            NotComputableError: no image was seen.
-        """
-        if self._count == 0:
-            raise NotComputableError(f"{self.name} must have at least one example before it can be computed")
-        value = float(self._sum.item()) / self._count
-        if math.isnan(value):  # pragma: no cover - update() refuses NaN already
-            raise MetricValueError(f"{self.name}: mean is NaN")
-        return value
-
+        return values
