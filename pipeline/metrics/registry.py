@@ -205,8 +205,6 @@ METRICS: dict[str, MetricSpec] = dict(
               higher_is_better=False),
         _spec("CE", "information:cross_entropy", "cross entropy", f"{_VIFB}, metricsCross_entropy",
               higher_is_better=False),
-        _spec("Q_TOY", "toy:q_toy", "mean absolute difference of F to A and B", "none: a demonstration",
-              higher_is_better=False),
     ]
 )
 
