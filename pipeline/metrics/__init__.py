@@ -16,6 +16,11 @@ direction, torch version, reference, colour rule, options) and the project's com
 :mod:`pipeline.metrics.conventions` builds other evaluators' tables on it; this package re-exports
 the registry's public names and dispatches :func:`compute_metrics` to one or the other.
 
+Adding a metric takes three files: its function (a new module here, or a family module), one
+``_spec(...)`` entry in :data:`pipeline.metrics.registry.METRICS` (target, summary, reference,
+direction, and a torch version if it has one), and one test. The CLI's ``--help``, the
+benchmark's best-of rule and the evaluator's ``FusionMetric`` then know it.
+
 Colour (``compute_metrics(..., colour=...)``):
 
 - ``"y"`` (default; the medical fusion papers): a colour ``(H, W, 3)`` image (PET/SPECT source, or
