@@ -111,14 +111,30 @@ def _filter_valid(x: Any, taps: np.ndarray) -> Any:
     """Separable ``filter2(outer(taps, taps), x, 'valid')`` over the last two axes (numpy or torch)."""
     n = len(taps)
     h, w = x.shape[-2], x.shape[-1]
+    if isinstance(x, np.ndarray):
+        rows = _weighted_sum_np([x[..., i : i + h - n + 1, :] for i in range(n)], taps)
+        return _weighted_sum_np([rows[..., :, j : j + w - n + 1] for j in range(n)], taps)
     rows = sum(float(t) * x[..., i : i + h - n + 1, :] for i, t in enumerate(taps))
     return sum(float(t) * rows[..., :, j : j + w - n + 1] for j, t in enumerate(taps))
+
+
+def _weighted_sum_np(terms: list[np.ndarray], weights: Any) -> np.ndarray:
+    """``sum(w * t)`` in the order given, accumulated in place (the same rounding as the torch sum)."""
+    out = np.multiply(terms[0], float(weights[0]))
+    scratch = np.empty_like(out)
+    for term, weight in zip(terms[1:], weights[1:]):
+        out += np.multiply(term, float(weight), out=scratch)
+    return out
 
 
 def _correlate3_same(xp: Any, x: Any, kernel: tuple) -> Any:
     """MATLAB ``filter2(kernel, x, 'same')`` for a 3x3 kernel: correlation, zero padding."""
     h, w = x.shape[-2], x.shape[-1]
     padded = _zero_pad1(xp, x)
+    if xp is np:
+        taps = [(i, j) for i in range(3) for j in range(3) if kernel[i][j] != 0.0]
+        return _weighted_sum_np([padded[..., i : i + h, j : j + w] for i, j in taps],
+                                [kernel[i][j] for i, j in taps])
     out = 0.0
     for i in range(3):
         for j in range(3):
