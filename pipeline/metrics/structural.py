@@ -119,7 +119,21 @@ def _filter_valid(x: Any, taps: np.ndarray) -> Any:
 
 
 def _weighted_sum_np(terms: list[np.ndarray], weights: Any) -> np.ndarray:
-    """``sum(w * t)`` in the order given, accumulated in place (the same rounding as the torch sum)."""
+    """``sum(w * t)`` in the order given, accumulated in place (the same rounding as the torch sum).
+
+    When every ``|w|`` is one power of two (Q_E's 1/8 box, the Prewitt masks), scaling is exact
+    and commutes with rounding, so the terms are added or subtracted and the sum scaled once:
+    the same values, without a multiplication per term.
+    """
+    scale = abs(float(weights[0]))
+    if math.frexp(scale)[0] == 0.5 and all(abs(float(w)) == scale for w in weights):
+        out = np.negative(terms[0]) if float(weights[0]) < 0 else terms[0].copy()
+        for term, weight in zip(terms[1:], weights[1:]):
+            if float(weight) < 0:
+                out -= term
+            else:
+                out += term
+        return out if scale == 1.0 else np.multiply(out, scale, out=out)
     out = np.multiply(terms[0], float(weights[0]))
     scratch = np.empty_like(out)
     for term, weight in zip(terms[1:], weights[1:]):
