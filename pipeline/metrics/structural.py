@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 
 from pipeline.metrics.checks import check_triple
+from pipeline.metrics.kernels import correlate3_same, weighted_sum
 
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
@@ -112,57 +113,10 @@ def _filter_valid(x: Any, taps: np.ndarray) -> Any:
     n = len(taps)
     h, w = x.shape[-2], x.shape[-1]
     if isinstance(x, np.ndarray):
-        rows = _weighted_sum_np([x[..., i : i + h - n + 1, :] for i in range(n)], taps)
-        return _weighted_sum_np([rows[..., :, j : j + w - n + 1] for j in range(n)], taps)
+        rows = weighted_sum([x[..., i : i + h - n + 1, :] for i in range(n)], taps)
+        return weighted_sum([rows[..., :, j : j + w - n + 1] for j in range(n)], taps)
     rows = sum(float(t) * x[..., i : i + h - n + 1, :] for i, t in enumerate(taps))
     return sum(float(t) * rows[..., :, j : j + w - n + 1] for j, t in enumerate(taps))
-
-
-def _weighted_sum_np(terms: list[np.ndarray], weights: Any) -> np.ndarray:
-    """``sum(w * t)`` in the order given, accumulated in place (the same rounding as the torch sum).
-
-    When every ``|w|`` is one power of two (Q_E's 1/8 box, the Prewitt masks), scaling is exact
-    and commutes with rounding, so the terms are added or subtracted and the sum scaled once:
-    the same values, without a multiplication per term.
-    """
-    scale = abs(float(weights[0]))
-    if math.frexp(scale)[0] == 0.5 and all(abs(float(w)) == scale for w in weights):
-        out = np.negative(terms[0]) if float(weights[0]) < 0 else terms[0].copy()
-        for term, weight in zip(terms[1:], weights[1:]):
-            if float(weight) < 0:
-                out -= term
-            else:
-                out += term
-        return out if scale == 1.0 else np.multiply(out, scale, out=out)
-    out = np.multiply(terms[0], float(weights[0]))
-    scratch = np.empty_like(out)
-    for term, weight in zip(terms[1:], weights[1:]):
-        out += np.multiply(term, float(weight), out=scratch)
-    return out
-
-
-def _correlate3_same(xp: Any, x: Any, kernel: tuple) -> Any:
-    """MATLAB ``filter2(kernel, x, 'same')`` for a 3x3 kernel: correlation, zero padding."""
-    h, w = x.shape[-2], x.shape[-1]
-    padded = _zero_pad1(xp, x)
-    if xp is np:
-        taps = [(i, j) for i in range(3) for j in range(3) if kernel[i][j] != 0.0]
-        return _weighted_sum_np([padded[..., i : i + h, j : j + w] for i, j in taps],
-                                [kernel[i][j] for i, j in taps])
-    out = 0.0
-    for i in range(3):
-        for j in range(3):
-            if kernel[i][j] != 0.0:
-                out = out + kernel[i][j] * padded[..., i : i + h, j : j + w]
-    return out
-
-
-def _zero_pad1(xp: Any, x: Any) -> Any:
-    if xp is np:
-        return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-    import torch.nn.functional as F
-
-    return F.pad(x, (1, 1, 1, 1))
 
 
 def _moments(xp: Any, filt: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
@@ -210,8 +164,8 @@ def _piella_weighted(xp: Any, a: Any, b: Any, f: Any, window: int) -> Any:
 
 
 def _edge_magnitude(xp: Any, x: Any) -> Any:
-    gx = _correlate3_same(xp, x, _PREWITT_X)
-    gy = _correlate3_same(xp, x, _PREWITT_Y)
+    gx = correlate3_same(xp, x, _PREWITT_X)
+    gy = correlate3_same(xp, x, _PREWITT_Y)
     return xp.sqrt(gx * gx + gy * gy)
 
 
