@@ -91,12 +91,16 @@ def _lowpass(shape: tuple[int, int], cutoff: float = 0.45, order: int = 15) -> n
 def _median_of_squares(values: np.ndarray) -> np.ndarray:
     """Row-wise ``median(values ** 2)`` for non-negative values, squaring only the middle ones.
 
-    ``values`` is partitioned in place (its order is lost; its set of values is kept).
+    ``values`` is partitioned in place (its order is lost; its set of values is kept). One
+    selection finds the lower middle value; for an even count the upper one is the smallest
+    value above it.
     """
     n = values.shape[-1]
-    kth = [(n - 1) // 2, n // 2]
-    values.partition(kth, axis=-1)  # squaring keeps the order
-    return (values[..., kth] ** 2).mean(axis=-1)
+    lower = (n - 1) // 2
+    values.partition(lower, axis=-1)  # squaring keeps the order
+    low = values[..., lower]
+    high = values[..., lower + 1 :].min(axis=-1) if n % 2 == 0 else low
+    return (np.stack([low, high], axis=-1) ** 2).mean(axis=-1)
 
 
 @lru_cache(maxsize=4)
