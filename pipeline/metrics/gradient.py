@@ -65,7 +65,8 @@ _GUARD = 1e-5
 
 def _sobel(xp: Any, x: Any, kx: tuple, ky: tuple) -> tuple[Any, Any]:
     """3x3 correlations with zero padding ('same') over the last two axes: (x-, y-gradient)."""
-    return correlate3_same(xp, x, kx), correlate3_same(xp, x, ky)
+    gx, gy = correlate3_same(xp, x, (kx, ky))
+    return gx, gy
 
 
 def _preservation(xp: Any, strength: Any, orientation: Any) -> Any:

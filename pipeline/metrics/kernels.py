@@ -19,9 +19,9 @@ __all__ = ["weighted_sum", "zero_pad1", "correlate3_same"]
 def weighted_sum(terms: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``sum(w * t)`` over numpy arrays in the order given, accumulated in a new array.
 
-    When every ``|w|`` is one power of two (a 1/8 box, the Prewitt masks), scaling is exact and
-    commutes with rounding, so the terms are added or subtracted and the sum scaled once: the
-    same values, without a multiplication per term.
+    Multiplying by +-1 is exact, so those terms are added or subtracted as they are. When every
+    ``|w|`` is one power of two (a 1/8 box), scaling is exact and commutes with rounding, so the
+    sum is scaled once instead. Either way the values are those of the plain sum.
 
     Args:
         terms: arrays of one shape (views are fine; none is modified).
@@ -30,19 +30,23 @@ def weighted_sum(terms: Sequence[np.ndarray], weights: Sequence[float]) -> np.nd
     Returns:
         a new float array.
     """
-    scale = abs(float(weights[0]))
-    if math.frexp(scale)[0] == 0.5 and all(abs(float(w)) == scale for w in weights):
-        out = np.negative(terms[0]) if float(weights[0]) < 0 else terms[0].copy()
-        for term, weight in zip(terms[1:], weights[1:]):
-            if float(weight) < 0:
-                out -= term
-            else:
-                out += term
-        return out if scale == 1.0 else np.multiply(out, scale, out=out)
-    out = np.multiply(terms[0], float(weights[0]))
-    scratch = np.empty_like(out)
+    weights = [float(w) for w in weights]
+    scale = abs(weights[0])
+    if scale != 1.0 and math.frexp(scale)[0] == 0.5 and all(abs(w) == scale for w in weights):
+        out = weighted_sum(terms, [math.copysign(1.0, w) for w in weights])
+        return np.multiply(out, scale, out=out)
+    first = weights[0]
+    out = terms[0].copy() if first == 1.0 else np.negative(terms[0]) if first == -1.0 \
+        else np.multiply(terms[0], first)
+    scratch = None
     for term, weight in zip(terms[1:], weights[1:]):
-        out += np.multiply(term, float(weight), out=scratch)
+        if weight == 1.0:
+            out += term
+        elif weight == -1.0:
+            out -= term
+        else:
+            scratch = np.empty_like(out) if scratch is None else scratch
+            out += np.multiply(term, weight, out=scratch)
     return out
 
 
@@ -55,18 +59,23 @@ def zero_pad1(xp: Any, x: Any) -> Any:
     return F.pad(x, (1, 1, 1, 1))
 
 
-def correlate3_same(xp: Any, x: Any, kernel: Sequence[Sequence[float]]) -> Any:
-    """MATLAB ``filter2(kernel, x, 'same')`` for a 3x3 kernel over the last two axes.
+def correlate3_same(xp: Any, x: Any, kernels: Sequence[Sequence[Sequence[float]]]) -> list[Any]:
+    """MATLAB ``filter2(kernel, x, 'same')`` for 3x3 kernels over the last two axes.
 
-    Correlation with zero padding; zero weights are skipped, the others summed row by row.
+    Correlation with zero padding (padded once for all the kernels); zero weights are skipped,
+    the others summed row by row. Returns one array per kernel.
     """
     h, w = x.shape[-2], x.shape[-1]
     padded = zero_pad1(xp, x)
-    taps = [(i, j) for i in range(3) for j in range(3) if kernel[i][j] != 0.0]
-    if xp is np:
-        return weighted_sum([padded[..., i : i + h, j : j + w] for i, j in taps],
-                            [kernel[i][j] for i, j in taps])
-    out = 0.0
-    for i, j in taps:
-        out = out + kernel[i][j] * padded[..., i : i + h, j : j + w]
-    return out
+    results = []
+    for kernel in kernels:
+        taps = [(i, j) for i in range(3) for j in range(3) if kernel[i][j] != 0.0]
+        if xp is np:
+            results.append(weighted_sum([padded[..., i : i + h, j : j + w] for i, j in taps],
+                                        [kernel[i][j] for i, j in taps]))
+            continue
+        out = 0.0
+        for i, j in taps:
+            out = out + kernel[i][j] * padded[..., i : i + h, j : j + w]
+        results.append(out)
+    return results

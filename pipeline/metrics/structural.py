@@ -164,8 +164,7 @@ def _piella_weighted(xp: Any, a: Any, b: Any, f: Any, window: int) -> Any:
 
 
 def _edge_magnitude(xp: Any, x: Any) -> Any:
-    gx = correlate3_same(xp, x, _PREWITT_X)
-    gy = correlate3_same(xp, x, _PREWITT_Y)
+    gx, gy = correlate3_same(xp, x, (_PREWITT_X, _PREWITT_Y))
     return xp.sqrt(gx * gx + gy * gy)
 
 
