@@ -17,11 +17,13 @@ reused across orientations; the filters are cached per image shape, and the 33 l
 ``metricZhao`` go through one separable filtering.
 
 Precision: ``q_p`` filters in single precision by default (``precision="single"``: complex64
-inverse FFTs and per-orientation maps, float64 accumulators), which halves the cost of the 72
-inverse FFTs of a triple. That moves ``Q_P`` off the float64 value by float32 round-off, and by
-a little more where a pixel's PC sits at the 0.1 feature threshold: at most about 1e-6 on the
-MFIF golden triples, against the 1e-4 the golden tests allow. ``precision="double"`` reproduces
-the toolbox to float64 round-off.
+inverse FFTs and per-orientation maps, float64 accumulators): the 72 inverse FFTs of a triple
+dominate the cost, and complex64 transforms take about half the work of complex128 ones. That
+moves ``Q_P`` off the float64 value by float32 round-off, and by a little more where a pixel's
+PC sits at the 0.1 feature threshold: at most about 1e-6 on the MFIF golden triples, against
+the 1e-4 the golden tests allow. ``precision="double"`` reproduces the toolbox to float64
+round-off. The feature correlations stay float64 (their variances would lose too much to
+cancellation in float32).
 """
 
 from __future__ import annotations
@@ -151,8 +153,9 @@ def phase_congruency(images: np.ndarray, params: PhaseCongruencyParams = PhaseCo
         images: ``(H, W)`` or a stack ``(N, H, W)`` of float images (any range; PC is
             contrast-invariant).
         params: filter-bank parameters (defaults: the toolbox's).
-        precision: ``"double"`` (float64 throughout) or ``"single"`` (float32 filter responses,
-            about twice as fast, float32 round-off in the maps; see the module notes).
+        precision: ``"double"`` (float64 throughout) or ``"single"`` (float32 filter responses:
+            cheaper transforms, half the memory traffic, float32 round-off in the maps; see the
+            module notes).
 
     Returns:
         ``(pc, M, m)``: phase congruency in [0, 1], maximum moment (edge strength) and minimum
