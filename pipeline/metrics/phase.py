@@ -250,37 +250,52 @@ def _zhao_window() -> np.ndarray:
     return g / g.sum()
 
 
-def _local_mean(images: np.ndarray) -> np.ndarray:
-    """``filter2(window, x, 'same')`` with zero padding, on the last two axes."""
+def _local_mean(images: np.ndarray, out: np.ndarray | None = None,
+                scratch: np.ndarray | None = None) -> np.ndarray:
+    """``filter2(window, x, 'same')`` with zero padding, on the last two axes.
+
+    ``out`` and ``scratch`` (arrays shaped like ``images``) receive the result and the first
+    pass when given, so that a caller filtering many stacks reuses its memory.
+    """
     g = _zhao_window()
-    out = ndimage.correlate1d(images, g, axis=-1, mode="constant", cval=0.0)
-    return ndimage.correlate1d(out, g, axis=-2, mode="constant", cval=0.0)
+    scratch = ndimage.correlate1d(images, g, axis=-1, output=scratch, mode="constant", cval=0.0)
+    return ndimage.correlate1d(scratch, g, axis=-2, output=out, mode="constant", cval=0.0)
 
 
 def _feature_correlations(maps: np.ndarray, larger_a: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """metricZhao's ``correlation_coeffcient`` for each feature map (PC, M and m), filtered together.
+    """metricZhao's ``correlation_coeffcient`` for each feature map (PC, M and m).
 
     ``maps`` is ``(features, 3, H, W)``: each feature's maps of a, b and f. The maps of a, b and
     of their per-pixel ``max`` (a where ``larger_a``, else b) are masked to their feature pixels
     (the fused map is not); the local correlation with the fused map is taken at the masked
     pixels, the best of the three per pixel is kept (0 elsewhere), and the sum is divided by the
-    number of ``max`` feature pixels. All the local means go through one separable filtering.
+    number of ``max`` feature pixels. Per feature, its 11 local means go through one separable
+    filtering, in buffers reused by the next feature (large temporaries would be fresh memory).
 
     Returns:
         ``(features,)`` correlation scores.
     """
-    sources = np.stack([maps[:, 0], maps[:, 1], np.where(larger_a, maps[:, 0], maps[:, 1])], axis=1)
-    sources *= masks
-    fused = maps[:, 2:3]
-    means = _local_mean(np.concatenate([sources, fused, sources * sources, fused * fused,
-                                        sources * fused], axis=1))
-    mu, mu_f, mean_sq, mean_sq_f, mean_sf = np.split(means, [3, 4, 7, 8], axis=1)
-    var = mean_sq - mu * mu
-    var_f = mean_sq_f - mu_f * mu_f
-    cov = mean_sf - mu * mu_f
-    corr = (cov + _CORR_C) / (np.sqrt(np.abs(var * var_f)) + _CORR_C)
-    corr = np.where(masks, corr, 0.0)
-    return corr.max(axis=1).sum(axis=(-2, -1)) / masks[2].sum()
+    stack = np.empty((11, *maps.shape[-2:]))  # sources (3), f, sources^2 (3), f^2, sources * f (3)
+    means, scratch = np.empty_like(stack), np.empty_like(stack)
+    sources, fused = stack[0:3], stack[3]
+    scores = np.empty(len(maps))
+    for k, (map_a, map_b, map_f) in enumerate(maps):
+        np.multiply(map_a, masks[0], out=sources[0])
+        np.multiply(map_b, masks[1], out=sources[1])
+        np.multiply(np.where(larger_a, map_a, map_b), masks[2], out=sources[2])
+        fused[...] = map_f
+        np.multiply(sources, sources, out=stack[4:7])
+        np.multiply(fused, fused, out=stack[7])
+        np.multiply(sources, fused, out=stack[8:11])
+        _local_mean(stack, out=means, scratch=scratch)
+        mu, mu_f, mean_sq, mean_sq_f, mean_sf = means[0:3], means[3], means[4:7], means[7], means[8:11]
+        var = mean_sq - mu * mu
+        var_f = mean_sq_f - mu_f * mu_f
+        cov = mean_sf - mu * mu_f
+        corr = (cov + _CORR_C) / (np.sqrt(np.abs(var * var_f)) + _CORR_C)
+        corr = np.where(masks, corr, 0.0)
+        scores[k] = corr.max(axis=0).sum()
+    return scores / masks[2].sum()
 
 
 def q_p(a: np.ndarray, b: np.ndarray, f: np.ndarray, *, strict: bool = False,
