@@ -25,6 +25,18 @@ def test_mfif_golden(pair: str) -> None:
         assert q_p(a, b, f) == pytest.approx(expected[method]["Q_P"], abs=1e-4), method
 
 
+def test_precisions_double_reproduces_the_toolbox_single_is_close() -> None:
+    folder = shared_path("golden", "mfif")
+    expected = json.loads((folder / "values.json").read_text())["values"]["g_05"]["gff"]["Q_P"]
+    a, b = read_image(folder / "g_05_1.tif"), read_image(folder / "g_05_2.tif")
+    f = read_image(folder / "g_05_gff.tif")
+    double = q_p(a, b, f, precision="double")
+    assert double == pytest.approx(expected, abs=1e-10)
+    assert q_p(a, b, f) == pytest.approx(double, abs=1e-5)  # the default, single
+    with pytest.raises(ValueError, match="precision"):
+        q_p(a, b, f, precision="half")  # type: ignore[arg-type]
+
+
 def _smooth_image(rng: np.random.Generator, size: int = 64, phase: float = 0.0) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = 120 + 80 * np.sin(6 * xx + phase) * np.cos(4 * yy)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.metrics.checks import check_triple
+from pipeline.metrics.kernels import correlate3_same
 
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
@@ -64,22 +65,8 @@ _GUARD = 1e-5
 
 def _sobel(xp: Any, x: Any, kx: tuple, ky: tuple) -> tuple[Any, Any]:
     """3x3 correlations with zero padding ('same') over the last two axes: (x-, y-gradient)."""
-    h, w = x.shape[-2], x.shape[-1]
-    if xp is np:
-        p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-    else:
-        import torch.nn.functional as F
-
-        p = F.pad(x, (1, 1, 1, 1))
-    out = []
-    for k in (kx, ky):
-        acc = 0.0
-        for i in range(3):
-            for j in range(3):
-                if k[i][j] != 0.0:
-                    acc = acc + k[i][j] * p[..., i : i + h, j : j + w]
-        out.append(acc)
-    return out[0], out[1]
+    gx, gy = correlate3_same(xp, x, (kx, ky))
+    return gx, gy
 
 
 def _preservation(xp: Any, strength: Any, orientation: Any) -> Any:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 
 from pipeline.metrics.checks import check_triple
+from pipeline.metrics.kernels import correlate3_same, weighted_sum
 
 if TYPE_CHECKING:  # torch is imported lazily: numpy users do not pay for it
     import torch
@@ -120,28 +121,11 @@ def _filter_valid(x: Any, taps: np.ndarray) -> Any:
     """Separable ``filter2(outer(taps, taps), x, 'valid')`` over the last two axes (numpy or torch)."""
     n = len(taps)
     h, w = x.shape[-2], x.shape[-1]
+    if isinstance(x, np.ndarray):
+        rows = weighted_sum([x[..., i : i + h - n + 1, :] for i in range(n)], taps)
+        return weighted_sum([rows[..., :, j : j + w - n + 1] for j in range(n)], taps)
     rows = sum(float(t) * x[..., i : i + h - n + 1, :] for i, t in enumerate(taps))
     return sum(float(t) * rows[..., :, j : j + w - n + 1] for j, t in enumerate(taps))
-
-
-def _correlate3_same(xp: Any, x: Any, kernel: tuple) -> Any:
-    """MATLAB ``filter2(kernel, x, 'same')`` for a 3x3 kernel: correlation, zero padding."""
-    h, w = x.shape[-2], x.shape[-1]
-    padded = _zero_pad1(xp, x)
-    out = 0.0
-    for i in range(3):
-        for j in range(3):
-            if kernel[i][j] != 0.0:
-                out = out + kernel[i][j] * padded[..., i : i + h, j : j + w]
-    return out
-
-
-def _zero_pad1(xp: Any, x: Any) -> Any:
-    if xp is np:
-        return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-    import torch.nn.functional as F
-
-    return F.pad(x, (1, 1, 1, 1))
 
 
 def _moments(xp: Any, filt: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
@@ -195,8 +179,7 @@ def _piella_weighted(xp: Any, a: Any, b: Any, f: Any, window: int) -> Any:
 
 
 def _edge_magnitude(xp: Any, x: Any) -> Any:
-    gx = _correlate3_same(xp, x, _PREWITT_X)
-    gy = _correlate3_same(xp, x, _PREWITT_Y)
+    gx, gy = correlate3_same(xp, x, (_PREWITT_X, _PREWITT_Y))
     return xp.sqrt(gx * gx + gy * gy)
 
 
