@@ -31,6 +31,20 @@ Definition (per source X in {A, B}, per ``w x w`` window, ``w = 3`` by default):
    negative (``t > 1``) enter the entropy as ``-p log2 |p|`` (MATLAB's ``real()``).
 5. ``FMI = mean over windows of (NMI(A, F) + NMI(B, F)) / 2``.
 
+Modes. ``fmi.m`` is not symmetric in the sources: its loop computes the A-F term first and, unless
+the raw A and F windows are identical, overwrites its F window with the normalised copy (all ones
+where F is flat); the B-F term then applies the identical-window rule to B's raw window against
+that copy. So the B-F rule sees raw F only where A's window equals F's: elsewhere a B window equal
+to F scores the generic NMI (0 for a "one-hot" window, eight equal pixels and one brighter, whose
+distribution is a point mass), and a B window equal to *normalised* F scores 1. Max-fused slices
+have many one-hot windows at the edge of the black background, copied from a source into F, and
+there the two modes differ in the third decimal. ``mode="reference"``, the **default** of every
+function here, follows that control flow, so a number printed as ``FMI_*`` is the one the field's
+code prints (and swapping A and B changes it); ``mode="symmetric"`` applies the rule to raw B and
+raw F, the published definition, symmetric in A and B. The modes agree on every window where
+neither source's window equals F's raw or normalised window (almost all windows of a mean-fused
+image).
+
 Degenerate windows, as the reference treats them: identical raw feature windows of X and F give 1;
 a constant window becomes the uniform distribution. Where both windows are constant (but differ),
 step 3 is 0/0 in exact arithmetic and the reference's value comes from round-off: summed left to
@@ -57,7 +71,7 @@ we use PyWavelets', so ``FMI_wavelet`` differs slightly from MATLAB's (its featu
 
 The numpy functions return a float; :func:`fmi_torch` takes ``(N, 1, H, W)`` tensors in 0..255 on
 any device and returns a float64 tensor ``(N,)``; both share one implementation of the window
-statistics (``_window_nmi``), so they agree to round-off.
+statistics and of the modes (``_fmi_map``), so they agree to round-off.
 """
 
 from __future__ import annotations
@@ -75,6 +89,9 @@ __all__ = [
     "FEATURES",
     "REFERENCE_DEFAULT_FEATURE",
     "Feature",
+    "MODES",
+    "DEFAULT_MODE",
+    "Mode",
     "fmi",
     "fmi_pixel",
     "fmi_gradient",
@@ -86,6 +103,12 @@ __all__ = [
 ]
 
 Feature = Literal["pixel", "gradient", "edge", "dct", "wavelet"]
+Mode = Literal["reference", "symmetric"]
+#: ``"reference"``: ``fmi.m``'s control flow, asymmetric in the sources; ``"symmetric"``: the
+#: published definition, ``(NMI(A, F) + NMI(B, F)) / 2`` with one rule for both terms.
+MODES: tuple[str, ...] = ("reference", "symmetric")
+#: Every FMI function computes what ``fmi.m`` prints unless told otherwise.
+DEFAULT_MODE = "reference"
 #: The features of the reference ``fmi.m`` ('none' there is our ``"pixel"``).
 FEATURES: tuple[str, ...] = ("pixel", "gradient", "edge", "dct", "wavelet")
 #: What Haghighat's ``fmi.m`` computes when called without a feature argument.
@@ -345,11 +368,20 @@ def _generic_nmi(xw: Any, fw: Any) -> Any:
     return _where((mi == 0) | (total == 0), 0.0, 2.0 * mi / _where(total == 0, 1.0, total))
 
 
-def _window_nmi(xw: Any, fw: Any) -> Any:
-    """Per-window NMI of feature windows ``(l, n)`` (positions in MATLAB's column-major order)."""
+def _normalised(windows: Any) -> Any:
+    """Min-max normalised windows ``(l, n)``, all ones where a window is constant (the reference's
+    ``(w - min) / (max - min)``, same operations so the values are bit-identical)."""
+    ops = _ops(windows)
+    low, high = ops.amin(windows), ops.amax(windows)
+    flat = high == low
+    return _where(flat, 1.0, (windows - low) / _where(flat, 1.0, high - low))
+
+
+def _window_nmi(xw: Any, fw: Any, equal: Any) -> Any:
+    """Per-window NMI of feature windows ``(l, n)`` (positions in MATLAB's column-major order);
+    ``equal`` ``(n,)`` marks the windows that the identical-window rule scores 1."""
     ops = _ops(xw)
     out = xw[0] * 0.0
-    equal = (xw == fw).all(0)
     x_flat = ops.amin(xw) == ops.amax(xw)
     f_flat = ops.amin(fw) == ops.amax(fw)
     out[equal | (x_flat & f_flat)] = 1.0
@@ -362,6 +394,18 @@ def _window_nmi(xw: Any, fw: Any) -> Any:
     return out
 
 
+def _fmi_map(wa: Any, wb: Any, wf: Any, mode: str) -> Any:
+    """Per-window FMI ``(NMI(A, F) + NMI(B, F)) / 2`` of feature windows ``(l, n)``.
+
+    In ``"reference"`` mode the B-F identical-window test compares B's raw window with the F window
+    as ``fmi.m``'s A-F branch leaves it: raw where A's window equals F's, else normalised. Past that
+    test both branches see the same normalised F, so the rest of the B-F computation is shared.
+    """
+    equal_a = (wa == wf).all(0)
+    seen = wf if mode == "symmetric" else _where(equal_a, wf, _normalised(wf))
+    return (_window_nmi(wa, wf, equal_a) + _window_nmi(wb, wf, (wb == seen).all(0))) / 2.0
+
+
 # ----------------------------------------------------------------------------- features (numpy)
 
 
@@ -369,6 +413,12 @@ def _check_feature(feature: str) -> str:
     if feature not in FEATURES:
         raise ValueError(f"unknown FMI feature {feature!r}; choose one of {', '.join(FEATURES)}")
     return feature
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown FMI mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
 
 
 def _check_window(window: int) -> int:
@@ -459,8 +509,12 @@ def _column_major_windows(x: np.ndarray, window: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- public API
 
 
-def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: Feature = "pixel", window: int = 3) -> float:
+def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: Feature = "pixel", window: int = 3,
+        mode: Mode = DEFAULT_MODE) -> float:
     """Feature mutual information of a fused image (Fast-FMI), in [0, 1].
+
+    The default ``mode="reference"`` is the value Haghighat's ``fmi.m`` prints (not symmetric in
+    the sources); ``mode="symmetric"`` is the published definition (see the module docstring).
 
     Args:
         a: first source, gray ``(H, W)``, 0..255 (uint8 or float).
@@ -469,46 +523,56 @@ def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: Feature = "pixel",
         feature: ``"pixel"`` (default here; the reference's bare call means ``"edge"``, see the
             module docstring), ``"gradient"``, ``"edge"``, ``"dct"`` or ``"wavelet"``.
         window: odd sliding-window size (default 3, as the reference).
+        mode: ``"reference"`` (default: ``fmi.m``'s control flow) or ``"symmetric"``.
 
     Returns:
         the FMI value; 1 when F equals both sources.
 
     Raises:
-        ValueError: shapes differ, colour input, unknown feature, even window, or an image smaller
-            than the window.
+        ValueError: shapes differ, colour input, unknown feature or mode, even window, or an image
+            smaller than the window.
     """
     _check_feature(feature)
+    _check_mode(mode)
     window = _check_window(window)
     a, b, f = check_triple(a, b, f, min_size=window)
     fa, fb, ff = (feature_image(x, feature) for x in (a, b, f))
     wa, wb, wf = (_column_major_windows(x, window) for x in (fa, fb, ff))
-    nmi = (_window_nmi(wa, wf) + _window_nmi(wb, wf)) / 2.0
-    return float(nmi.mean())
+    return float(_fmi_map(wa, wb, wf, mode).mean())
 
 
-def fmi_pixel(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3) -> float:
-    """``FMI_pixel``: :func:`fmi` on raw pixels (the reference's ``'none'``)."""
-    return fmi(a, b, f, "pixel", window)
+def fmi_pixel(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3,
+              mode: Mode = DEFAULT_MODE) -> float:
+    """``FMI_pixel``: :func:`fmi` on raw pixels (the reference's ``'none'``); ``mode`` as there
+    (default ``"reference"``, ``fmi.m``'s value)."""
+    return fmi(a, b, f, "pixel", window, mode)
 
 
-def fmi_gradient(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3) -> float:
-    """``FMI_gradient``: :func:`fmi` on MATLAB ``gradient`` (horizontal derivative) images."""
-    return fmi(a, b, f, "gradient", window)
+def fmi_gradient(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3,
+                 mode: Mode = DEFAULT_MODE) -> float:
+    """``FMI_gradient``: :func:`fmi` on MATLAB ``gradient`` (horizontal derivative) images; ``mode``
+    as there (default ``"reference"``, ``fmi.m``'s value)."""
+    return fmi(a, b, f, "gradient", window, mode)
 
 
-def fmi_edge(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3) -> float:
-    """``FMI_edge``: :func:`fmi` on MATLAB ``edge`` (Sobel) maps; the reference's default."""
-    return fmi(a, b, f, "edge", window)
+def fmi_edge(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3,
+             mode: Mode = DEFAULT_MODE) -> float:
+    """``FMI_edge``: :func:`fmi` on MATLAB ``edge`` (Sobel) maps, the reference's default feature;
+    ``mode`` as there (default ``"reference"``, ``fmi.m``'s value)."""
+    return fmi(a, b, f, "edge", window, mode)
 
 
-def fmi_dct(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3) -> float:
-    """``FMI_dct``: :func:`fmi` on the whole-image orthonormal DCT."""
-    return fmi(a, b, f, "dct", window)
+def fmi_dct(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3, mode: Mode = DEFAULT_MODE) -> float:
+    """``FMI_dct``: :func:`fmi` on the whole-image orthonormal DCT; ``mode`` as there (default
+    ``"reference"``, ``fmi.m``'s value)."""
+    return fmi(a, b, f, "dct", window, mode)
 
 
-def fmi_wavelet(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3) -> float:
-    """``FMI_wavelet``: :func:`fmi` on the one-level discrete Meyer DWT (see the deviation note)."""
-    return fmi(a, b, f, "wavelet", window)
+def fmi_wavelet(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int = 3,
+                mode: Mode = DEFAULT_MODE) -> float:
+    """``FMI_wavelet``: :func:`fmi` on the one-level discrete Meyer DWT (see the deviation note);
+    ``mode`` as there (default ``"reference"``, ``fmi.m``'s control flow)."""
+    return fmi(a, b, f, "wavelet", window, mode)
 
 
 # ----------------------------------------------------------------------------- torch
@@ -553,7 +617,8 @@ def _dct_matrix(n: int, like: "torch.Tensor") -> "torch.Tensor":
 
 
 def fmi_torch(
-    a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor", feature: Feature = "pixel", window: int = 3
+    a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor", feature: Feature = "pixel", window: int = 3,
+    mode: Mode = DEFAULT_MODE,
 ) -> "torch.Tensor":
     """Batched :func:`fmi` on tensors, on their device (float64 inside).
 
@@ -563,18 +628,20 @@ def fmi_torch(
         f: fused images, same shape.
         feature: as :func:`fmi` (``"wavelet"`` runs in PyWavelets on the CPU).
         window: odd window size (default 3).
+        mode: ``"reference"`` (default: ``fmi.m``'s value) or ``"symmetric"``, as :func:`fmi`.
 
     Returns:
         float64 tensor ``(N,)`` of FMI values, equal to :func:`fmi` per image up to round-off.
 
     Raises:
-        ValueError: shapes differ or are not ``(N, 1, H, W)``, unknown feature, even window, or
-            images smaller than the window.
+        ValueError: shapes differ or are not ``(N, 1, H, W)``, unknown feature or mode, even
+            window, or images smaller than the window.
     """
     import torch
     import torch.nn.functional as F
 
     _check_feature(feature)
+    _check_mode(mode)
     window = _check_window(window)
     if not (a.shape == b.shape == f.shape) or a.ndim != 4 or a.shape[1] != 1:
         raise ValueError("fmi_torch: a, b and f must be (N, 1, H, W) tensors of one shape, got "
@@ -592,5 +659,4 @@ def fmi_torch(
         return cols[:, perm].transpose(0, 1).reshape(window * window, -1)
 
     wa, wb, wf = windows(a), windows(b), windows(f)
-    nmi = (_window_nmi(wa, wf) + _window_nmi(wb, wf)) / 2.0
-    return nmi.reshape(n, -1).mean(1)
+    return _fmi_map(wa, wb, wf, mode).reshape(n, -1).mean(1)
