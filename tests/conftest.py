@@ -62,3 +62,13 @@ def medical_triple(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 #: Names of the medical golden triples (fixed by the data set; listed here so that tests can be
 #: parametrised without reading the data at collection time).
 MEDICAL_TRIPLES = tuple(f"ctmri_{s}_{fused}" for s in ("2010", "20010", "28010") for fused in ("wa", "max"))
+
+
+def assert_medical_golden(name: str, metrics: dict, abs_tol: float = 1e-4) -> None:
+    """Assert ``metrics`` (golden name -> ``fn(a, b, f)``) on the medical triple ``name`` against
+    the toolbox's values. The default 1e-4 is the project's bar for the reference-faithful metrics:
+    the Octave values carry the reference's own round-off (summation orders, flat windows)."""
+    a, b, f = medical_triple(name)
+    expected = medical_golden()["triples"][name]["values"]
+    for metric, fn in metrics.items():
+        assert fn(a, b, f) == pytest.approx(expected[metric], abs=abs_tol), metric
