@@ -121,6 +121,7 @@ _MATLAB_EPS = 2.220446049250313e-16
 # make the code 2-3x faster than whole-image arrays; on a GPU, large chunks keep kernels busy.
 _CPU_CHUNK = 2048
 _GPU_CHUNK = 1 << 18
+_BAND_CHUNKS = 4
 # Smallest magnitude passed to log2: 0 * log2(_TINY) = 0 gives the convention 0 log 0 = 0.
 _TINY = 1e-300
 
@@ -171,24 +172,25 @@ class _NumpyOps:
     """The few array operations the window statistics need, for numpy."""
 
     @staticmethod
-    def merge(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Merge two ``(l, n)`` sets of values in [0, 2), each sorted along axis 0, per column; ties
-        put ``first`` before ``second``. Returns the merged ``(2l, n)`` values and 1 (int64) where
-        a value came from ``second``, else 0."""
+    def merge(first: np.ndarray, second: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Merge two ``(m, n)`` sets of values in [0, 2), each sorted along axis 0, per column; ties
+        put ``first`` before ``second``; ``end`` ``(n,)`` (>= all of them) is appended. Returns the
+        merged ``(2m + 1, n)`` values and 1 (int64) where a value came from ``second``, else 0."""
         # Non-negative doubles below 2 sort like their int64 bit patterns with bit 62 clear, so the
         # origin fits in the lowest bit; a merging network of row-wise min/max then merges all
         # columns at once (a sort along axis 0 is strided, and transposing costs more than this).
         length, n = first.shape
-        rows = np.empty((2 * length + 1, n), dtype=np.int64)
+        rows = np.empty((2 * length + 2, n), dtype=np.int64)
         np.left_shift(first.view(np.int64), 1, out=rows[:length])
         np.left_shift(second.view(np.int64), 1, out=rows[length:2 * length])
         rows[length:2 * length] |= 1
+        np.left_shift(end.view(np.int64), 1, out=rows[-1])
         size = 1
         while size < length:
             size *= 2
         where = {k: k for k in range(length)}  # network position -> row of ``rows``
         where.update({size + k: length + k for k in range(length)})
-        spare = 2 * length
+        spare = 2 * length  # the last row holds ``end``
         view = list(rows)
         minimum, maximum = np.minimum, np.maximum
         for compare, i, j in _merge_program(length):
@@ -199,7 +201,7 @@ class _NumpyOps:
             minimum(view[lo], view[hi], out=view[spare])
             maximum(view[lo], view[hi], out=view[hi])
             where[i], spare = spare, lo
-        keys = rows.take([where[k] for k in range(2 * length)], axis=0)
+        keys = rows.take([where[k] for k in range(2 * length)] + [2 * length + 1], axis=0)
         return (keys >> 1).view(np.float64), keys & 1
 
     @staticmethod
@@ -215,13 +217,12 @@ class _NumpyOps:
         return x.ravel().take(index)
 
     @staticmethod
-    def padded(pdf: np.ndarray, flip: np.ndarray | None = None) -> np.ndarray:
-        """``pdf`` ``(l, n)``, reversed in the columns where ``flip``, with a zero row appended."""
-        out = np.empty((pdf.shape[0] + 1, pdf.shape[1]))
-        out[:-1] = pdf
-        if flip is not None:
-            np.copyto(out[:-1], pdf[::-1], where=flip)
-        out[-1] = 0.0
+    def flipped(pdf: np.ndarray, flip: np.ndarray) -> np.ndarray:
+        """``pdf`` ``(l, n)`` with its rows reversed in the columns where ``flip``."""
+        if not flip.any():
+            return pdf
+        out = pdf.copy()
+        np.copyto(out, pdf[::-1], where=flip)
         return out
 
     @staticmethod
@@ -286,12 +287,14 @@ class _TorchOps:
     """The same operations for torch tensors (any device)."""
 
     @staticmethod
-    def merge(first: "torch.Tensor", second: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    def merge(first: "torch.Tensor", second: "torch.Tensor",
+              end: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
         import torch
 
         merged = torch.cat([first, second])
         order = torch.argsort(merged, dim=0, stable=True)
-        return merged.gather(0, order), (order >= first.shape[0]).to(torch.int64)
+        from_second = torch.cat([order >= first.shape[0], order[:1] >= 0]).to(torch.int64)
+        return torch.cat([merged.gather(0, order), end[None]]), from_second
 
     @staticmethod
     def cells(col: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -305,12 +308,10 @@ class _TorchOps:
         return x.gather(0, index)
 
     @staticmethod
-    def padded(pdf: "torch.Tensor", flip: "torch.Tensor | None" = None) -> "torch.Tensor":
+    def flipped(pdf: "torch.Tensor", flip: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        if flip is not None:
-            pdf = torch.where(flip, pdf.flip(0), pdf)
-        return torch.cat([pdf, pdf.new_zeros((1, pdf.shape[1]))])
+        return torch.where(flip, pdf.flip(0), pdf)
 
     @staticmethod
     def diff(x: "torch.Tensor") -> "torch.Tensor":
@@ -383,6 +384,28 @@ def _where(cond: Any, a: Any, b: Any) -> Any:
     return torch.where(cond, a, b)
 
 
+def _moments(length: int, like: Any) -> Any:
+    """Rows ``1``, ``i`` and ``i^2`` for the positions ``i = 1..length`` (``(3, length)``)."""
+    if isinstance(like, np.ndarray):
+        return _moments_numpy(length)
+    import torch
+
+    pos = torch.arange(1, length + 1, dtype=like.dtype, device=like.device)
+    return torch.stack([pos * 0.0 + 1.0, pos, pos * pos])
+
+
+@functools.lru_cache(maxsize=8)
+def _moments_numpy(length: int) -> np.ndarray:
+    pos = np.arange(1.0, length + 1.0)
+    matrix = np.stack([np.ones(length), pos, pos * pos])
+    matrix.flags.writeable = False
+    return matrix
+
+
+def _minimum(x: Any, y: Any) -> Any:
+    return np.minimum(x, y) if isinstance(x, np.ndarray) else x.minimum(y)
+
+
 def _log2abs(x: Any, nonnegative: bool = False) -> Any:
     """``log2|x|``, finite everywhere (about -1000 at 0, where callers multiply it by 0)."""
     if isinstance(x, np.ndarray):
@@ -417,10 +440,10 @@ def _marginal(windows: Any) -> _Marginal:
     ops = _ops(windows)
     length = windows.shape[0]
     pdf = windows - ops.amin(windows)
-    ones = ops.arange(length, windows)[:, 0] * 0.0 + 1.0
-    pdf /= ones @ pdf
-    pos = ones.cumsum(0)
-    total, mean, second = ops.cat([ones[None], pos[None], (pos * pos)[None]]) @ pdf
+    # Divided, not multiplied by a reciprocal: a one-hot window must give exactly 1 (zero spread).
+    moments = _moments(length, pdf)
+    pdf /= moments[0] @ pdf
+    total, mean, second = moments @ pdf  # sum and moments of the positions 1..l
     centred = pdf - total / length
     return _Marginal(
         pdf=pdf,
@@ -437,14 +460,13 @@ class _Fused(NamedTuple):
     """The fused image's side of a chunk of windows, shared by the A-F and B-F terms."""
 
     marginal: _Marginal
-    padded: Any  # (l + 1, n): the pdf and a zero row, what a cell past the last position sees
     cdf: Any
 
 
 def _fused(windows: Any) -> _Fused:
     ops = _ops(windows)
     m = _marginal(windows)
-    return _Fused(m, ops.padded(m.pdf), ops.cumsum(m.pdf))
+    return _Fused(m, ops.cumsum(m.pdf))
 
 
 def _generic_nmi(xw: Any, fused: _Fused) -> Any:
@@ -462,21 +484,23 @@ def _generic_nmi(xw: Any, fused: _Fused) -> Any:
     # The lower Frechet bound of (f, x) is the upper bound of (f, x reversed), mirrored: so X's
     # positions are reversed where c < 0, and the upper bound serves both (|c| for c).
     upper = c >= 0
-    x = ops.padded(dx.pdf, ~upper)
+    x = ops.flipped(dx.pdf, ~upper)
     x_mean = length * dx.total - dx.mean  # mean 0-based position of x reversed
 
     # The upper bound as a coupling u -> (F^-1(u), X^-1(u)): merging the two CDFs' breakpoints
-    # gives the 2l cells it occupies and their masses, instead of the reference's l x l table of
-    # differences of min(F_i, X_j). The cell ending at merged breakpoint k lies in row k - col and
-    # column col, col = the x breakpoints before it; the last cells may lie past the last position
-    # (index l, zero mass up to round-off), where the padded pdfs are 0.
-    breaks, from_x = ops.merge(fused.cdf, ops.cumsum(x[:length]))
+    # gives the 2l - 1 cells it occupies and their masses, instead of the reference's l x l table
+    # of differences of min(F_i, X_j). The cell ending at merged breakpoint k lies in row k - col
+    # and column col, col = the x breakpoints before it. Both CDFs end at 1: the last cell, (l - 1,
+    # l - 1), ends at the smaller of their last values (the larger one's excess is round-off).
+    x_cdf = ops.cumsum(x)
+    f_cdf = fused.cdf
+    breaks, from_x = ops.merge(f_cdf[:-1], x_cdf[:-1], _minimum(f_cdf[-1], x_cdf[-1]))
     col = ops.cumsum(from_x, exclusive=True)
     mass = ops.diff(breaks)
     # Covariance of the positions under the bound: E[row col] - E[row] E[col] over the cells
     # (row = k - col; the reference sums the equal Hoeffding form, bound_CDF(i, j) - F_i X_j).
     col_f = ops.to_float(col)
-    row_col = ops.arange(2 * length, col_f) - col_f
+    row_col = ops.arange(2 * length - 1, col_f) - col_f
     row_col *= col_f
     cov = ops.dot(mass, row_col) - (df.mean - df.total) * _where(upper, dx.mean - dx.total, x_mean)
     spread = dx.spread * df.spread
@@ -485,16 +509,17 @@ def _generic_nmi(xw: Any, fused: _Fused) -> Any:
     t = _where(degenerate, 0.0, abs(c) / _where(corr == 0, 1.0, corr))
 
     # Joint entropy of t * bound + (1 - t) f x^T: the product part in closed form over all l^2
-    # cells, then the 2l cells the bound occupies corrected one by one.
+    # cells, then the 2l - 1 cells the bound occupies corrected one by one.
     rest = 1.0 - t
     joint = -rest * (df.total * dx.total * _log2abs(rest) - dx.total * h_f - df.total * h_x)
     f_cells, x_cells = ops.cells(col)
-    product = ops.take(fused.padded, f_cells) * ops.take(x, x_cells)
+    product = ops.take(df.pdf, f_cells) * ops.take(x, x_cells)
     product *= rest
     nonnegative = bool((rest >= 0).all())  # t <= 1: every entry of the joint is >= 0
     mass *= t
     mass += product
-    joint -= _xlog2abs_sum(mass, nonnegative) - _xlog2abs_sum(product, nonnegative)
+    joint -= _xlog2abs_sum(mass, nonnegative)
+    joint += _xlog2abs_sum(product, nonnegative)
 
     mi = h_x + h_f - joint
     total = h_x + h_f
@@ -543,12 +568,14 @@ def _fmi_map(wa: Any, wb: Any, wf: Any, mode: str) -> Any:
     chunk = _GPU_CHUNK if on_gpu else _CPU_CHUNK
     for start in range(0, int(idx.shape[0]), chunk):
         sel = idx[start:start + chunk]
-        every = int(sel.shape[0]) == int(wf.shape[1])  # no copies when every window needs it
-        fw = wf if every else ops.columns(wf, sel)
+        first, last = int(sel[0]), int(sel[-1])
+        if last - first + 1 == int(sel.shape[0]):  # a run of windows: views, no copies
+            sel = slice(first, last + 1)
+        fw = wf[:, sel] if isinstance(sel, slice) else ops.columns(wf, sel)
         fused = _fused(fw)
         for (xw, _, generic), values in zip(terms, out):
             need = generic[sel]
-            xs = xw if every else ops.columns(xw, sel)
+            xs = xw[:, sel] if isinstance(sel, slice) else ops.columns(xw, sel)
             # Windows of this chunk that only the other term needs get F's window as a stand-in.
             nmi = _generic_nmi(_where(need, xs, fw), fused)
             values[sel] = _where(need, nmi, values[sel])
@@ -686,9 +713,10 @@ def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, feature: Feature = "pixel",
     window = _check_window(window)
     a, b, f = check_triple(a, b, f, min_size=window)
     feats = [feature_image(x, feature) for x in (a, b, f)]
-    # Bands of window rows, about a chunk of windows each: every array of a band stays in cache.
+    # Bands of window rows, a few chunks of windows each: their arrays stay in cache, and the
+    # windows that need the generic statistics still fill whole chunks.
     rows, cols = feats[0].shape[0] - window + 1, feats[0].shape[1] - window + 1
-    band = max(1, _CPU_CHUNK // cols)
+    band = max(1, _BAND_CHUNKS * _CPU_CHUNK // cols)
     total = 0.0
     for top in range(0, rows, band):
         bottom = min(rows, top + band) + window - 1
