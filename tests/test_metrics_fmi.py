@@ -369,6 +369,29 @@ def test_named_convenience_functions() -> None:
     assert F.fmi_pixel(a, b, f) != F.fmi_gradient(a, b, f) != F.fmi_wavelet(a, b, f)
 
 
+# ----------------------------------------------------------------------------- window statistics
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 8, 24])
+def test_merge_equals_a_stable_sort(length: int, rng: np.random.Generator) -> None:
+    """The merging network (numpy) and the argsort merge (torch) of two sorted CDF sets, ties
+    included: a stable sort of their concatenation, ``first`` before ``second`` on ties."""
+    n = 500
+    first = np.sort(rng.integers(0, 6, (length, n)) / 5.0, axis=0)  # many ties, values in [0, 1]
+    second = np.sort(rng.integers(0, 6, (length, n)) / 5.0, axis=0)
+    end = np.ones(n)
+    merged = np.concatenate([first, second])
+    order = np.argsort(merged, axis=0, kind="stable")
+    expected = np.concatenate([np.take_along_axis(merged, order, 0), end[None]])
+    expected_origin = np.concatenate([order >= length, np.ones((1, n), dtype=bool)])
+    values, origin = F._NumpyOps.merge(first, second, end)
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(origin[:-1], expected_origin[:-1])
+    values_t, origin_t = F._TorchOps.merge(*(torch.from_numpy(x) for x in (first, second, end)))
+    np.testing.assert_array_equal(values_t.numpy(), expected)
+    np.testing.assert_array_equal(origin_t.numpy()[:-1], expected_origin[:-1])
+
+
 # ----------------------------------------------------------------------------- torch
 
 

@@ -117,8 +117,9 @@ REFERENCE_DEFAULT_FEATURE = "edge"
 
 # MATLAB eps(1): edge()'s thinning compares |gx| >= |gy| - 100 * eps.
 _MATLAB_EPS = 2.220446049250313e-16
-# Windows per chunk of the window statistics. On the CPU, chunks whose arrays stay in the L2 cache
-# make the code 2-3x faster than whole-image arrays; on a GPU, large chunks keep kernels busy.
+# Windows per chunk of the window statistics: on the CPU, chunks whose arrays stay in the L2 cache
+# (larger ones are slower, smaller ones pay numpy's per-call cost more often); on a GPU, large
+# chunks keep kernels busy. The numpy path extracts windows in bands of about _BAND_CHUNKS chunks.
 _CPU_CHUNK = 2048
 _GPU_CHUNK = 1 << 18
 _BAND_CHUNKS = 4
@@ -258,10 +259,6 @@ class _NumpyOps:
         return np.arange(n, dtype=np.float64)[:, None]
 
     @staticmethod
-    def cat(parts: list) -> np.ndarray:
-        return np.concatenate(parts)
-
-    @staticmethod
     def amin(x: np.ndarray) -> np.ndarray:
         return x.min(0)
 
@@ -333,12 +330,6 @@ class _TorchOps:
         import torch
 
         return torch.arange(n, dtype=like.dtype, device=like.device)[:, None]
-
-    @staticmethod
-    def cat(parts: list) -> "torch.Tensor":
-        import torch
-
-        return torch.cat(parts)
 
     @staticmethod
     def amin(x: "torch.Tensor") -> "torch.Tensor":
