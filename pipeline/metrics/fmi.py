@@ -567,6 +567,9 @@ def _fmi_map(wa: Any, wb: Any, wf: Any, mode: str) -> Any:
         for (xw, _, generic), values in zip(terms, out):
             need = generic[sel]
             xs = xw[:, sel] if isinstance(sel, slice) else ops.columns(xw, sel)
+            if bool(need.all()):
+                values[sel] = _generic_nmi(xs, fused)
+                continue
             # Windows of this chunk that only the other term needs get F's window as a stand-in.
             nmi = _generic_nmi(_where(need, xs, fw), fused)
             values[sel] = _where(need, nmi, values[sel])
