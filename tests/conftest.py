@@ -37,3 +37,38 @@ def texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarra
         x[:, 32:] = np.clip(x[:, 32:] + 40, 0, 255)
         out.append(np.round(x).astype(np.uint8))
     return tuple(out)
+
+
+def medical_golden() -> dict:
+    """``golden/medical/values.json`` (reference MATLAB values on CT-MRI triples), or skip."""
+    import json
+
+    return json.loads(shared_path("golden", "medical", "values.json").read_text())
+
+
+def medical_triple(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, f) uint8 of the medical golden triple ``name``, the fused image built as its
+    ``inputs`` text says: ``"wa"`` = MATLAB ``round((a + b) / 2)`` (half away from zero), ``"max"``
+    = elementwise max."""
+    from pipeline.io import read_image
+
+    entry = medical_golden()["triples"][name]
+    a, b = (read_image(shared_path(entry[key])) for key in ("a", "b"))
+    wide_a, wide_b = a.astype(np.int64), b.astype(np.int64)
+    f = (wide_a + wide_b + 1) // 2 if entry["fused"] == "wa" else np.maximum(wide_a, wide_b)
+    return a, b, f.astype(np.uint8)
+
+
+#: Names of the medical golden triples (fixed by the data set; listed here so that tests can be
+#: parametrised without reading the data at collection time).
+MEDICAL_TRIPLES = tuple(f"ctmri_{s}_{fused}" for s in ("2010", "20010", "28010") for fused in ("wa", "max"))
+
+
+def assert_medical_golden(name: str, metrics: dict, abs_tol: float = 1e-4) -> None:
+    """Assert ``metrics`` (golden name -> ``fn(a, b, f)``) on the medical triple ``name`` against
+    the toolbox's values. The default 1e-4 is the project's bar for the reference-faithful metrics:
+    the Octave values carry the reference's own round-off (summation orders, flat windows)."""
+    a, b, f = medical_triple(name)
+    expected = medical_golden()["triples"][name]["values"]
+    for metric, fn in metrics.items():
+        assert fn(a, b, f) == pytest.approx(expected[metric], abs=abs_tol), metric

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.io import read_image
 from pipeline.metrics.gradient import Q_G_MAX, q_abf, q_abf_torch, q_g
-from tests.conftest import shared_path
+from tests.conftest import MEDICAL_TRIPLES, assert_medical_golden, shared_path
 
 MFIF_PAIRS = [f"g_0{n}" for n in range(1, 6)]
 MFIF_METHODS = ["dwt", "nsct", "gff", "sr", "cnn"]
@@ -141,3 +141,9 @@ def test_q_abf_torch_flags_flat_samples() -> None:
 def test_q_abf_torch_refuses_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         q_abf_torch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", MEDICAL_TRIPLES)
+def test_medical_golden(name: str) -> None:
+    """golden/medical: the Liu toolbox copy (MFIF) on CT-MRI triples, within 1e-4."""
+    assert_medical_golden(name, {"Q_G": q_g})

@@ -16,7 +16,7 @@ from pipeline.metrics.information import (
     q_ncie,
     stretch_to_gray_levels,
 )
-from tests.conftest import shared_path
+from tests.conftest import MEDICAL_TRIPLES, assert_medical_golden, shared_path
 
 MFIF_PAIRS = [f"g_0{n}" for n in range(1, 6)]
 MFIF_METHODS = ["dwt", "nsct", "gff", "sr", "cnn"]
@@ -115,3 +115,9 @@ def test_bad_inputs_are_refused_with_a_clear_message() -> None:
         mutual_information(a, a, np.full((8, 8), np.nan))
     with pytest.raises(ValueError, match="0..255"):
         cross_entropy(a, a, np.full((8, 8), 300.0))
+
+
+@pytest.mark.parametrize("name", MEDICAL_TRIPLES)
+def test_medical_golden(name: str) -> None:
+    """golden/medical: the Liu toolbox copy (MFIF) on CT-MRI triples, within 1e-4."""
+    assert_medical_golden(name, {"Q_MI": q_mi, "Q_NCIE": q_ncie})

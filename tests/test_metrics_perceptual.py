@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.io import read_image
 from pipeline.metrics.perceptual import q_cb, q_cv, vif
-from tests.conftest import shared_path
+from tests.conftest import MEDICAL_TRIPLES, assert_medical_golden, shared_path
 
 MFIF_PAIRS = [f"g_0{n}" for n in range(1, 6)]
 MFIF_METHODS = ["dwt", "nsct", "gff", "sr", "cnn"]
@@ -104,3 +104,9 @@ def test_vif_size_and_variant_checks(rng: np.random.Generator) -> None:
         vif(a, a, a, variant="vifp")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="33x33"):
         vif(a[:20, :20], a[:20, :20], a[:20, :20])
+
+
+@pytest.mark.parametrize("name", MEDICAL_TRIPLES)
+def test_medical_golden(name: str) -> None:
+    """golden/medical: the Liu toolbox copy (MFIF) on CT-MRI triples, within 1e-4."""
+    assert_medical_golden(name, {"Q_CB": q_cb, "Q_CV": q_cv})

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.io import read_image
 from pipeline.metrics.phase import PhaseCongruencyParams, phase_congruency, q_p
-from tests.conftest import shared_path
+from tests.conftest import MEDICAL_TRIPLES, assert_medical_golden, shared_path
 
 MFIF_PAIRS = [f"g_0{n}" for n in range(1, 6)]
 MFIF_METHODS = ["dwt", "nsct", "gff", "sr", "cnn"]
@@ -89,3 +89,9 @@ def test_parameters_are_the_toolbox_defaults() -> None:
     p = PhaseCongruencyParams()
     assert (p.nscale, p.norient, p.min_wavelength, p.mult, p.sigma_on_f) == (4, 6, 3.0, 2.1, 0.55)
     assert (p.d_theta_on_sigma, p.k, p.cut_off, p.g) == (1.2, 2.0, 0.5, 10.0)
+
+
+@pytest.mark.parametrize("name", MEDICAL_TRIPLES)
+def test_medical_golden(name: str) -> None:
+    """golden/medical: the Liu toolbox copy (MFIF) on CT-MRI triples, within 1e-4."""
+    assert_medical_golden(name, {"Q_P": q_p})

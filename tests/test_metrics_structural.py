@@ -14,7 +14,7 @@ import torch
 from pipeline.io import read_image
 from pipeline.metrics import structural
 from pipeline.metrics.structural import FLAT_POLICIES, q_e, q_y, q_y_torch, ssim, ssim_torch
-from tests.conftest import shared_path
+from tests.conftest import MEDICAL_TRIPLES, assert_medical_golden, shared_path
 
 MFIF_PAIRS = [f"g_0{n}" for n in range(1, 6)]
 MFIF_METHODS = ["dwt", "nsct", "gff", "sr", "cnn"]
@@ -180,7 +180,7 @@ def _batch(*triples: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
     return [torch.from_numpy(np.stack([t[i] for t in triples]).astype(np.float32))[:, None] for i in range(3)]
 
 
-@pytest.mark.parametrize("flat", ["limit", "exclude"])
+@pytest.mark.parametrize("flat", ["limit", "exclude", "reference"])
 def test_q_y_torch_equals_numpy(flat, texture, black_slice) -> None:
     triples = [texture, black_slice, (texture[1], texture[0], texture[0])]
     values = q_y_torch(*_batch(*triples), flat=flat)
@@ -210,7 +210,7 @@ def test_torch_refuses_bad_shapes() -> None:
 
 
 def test_flat_policies_are_listed() -> None:
-    assert FLAT_POLICIES == ("limit", "exclude", "canonical")
+    assert FLAT_POLICIES == ("limit", "exclude", "canonical", "reference")
 
 
 def _skimage_ssim_reference(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
@@ -241,3 +241,11 @@ def test_ssim_skimage_variant(texture, data_range: float) -> None:
         ssim(a, b, f, variant="wang")
     with pytest.raises(ValueError, match="data_range"):
         ssim(a, b, f, data_range=0)
+
+
+@pytest.mark.parametrize("name", MEDICAL_TRIPLES)
+def test_medical_golden(name: str) -> None:
+    """golden/medical: the Liu toolbox copy (MFIF) on CT-MRI triples, within 1e-4. Q_Y with
+    flat="reference", the reference's arithmetic in windows where both sources are flat (q_y_note:
+    the golden value is what Octave's round-off made of those windows)."""
+    assert_medical_golden(name, {"Q_E": q_e, "Q_Y": lambda a, b, f: q_y(a, b, f, flat="reference")})

@@ -53,9 +53,9 @@ __all__ = [
     "gaussian_window_1d",
 ]
 
-FlatPolicy = Literal["limit", "exclude", "canonical"]
+FlatPolicy = Literal["limit", "exclude", "canonical", "reference"]
 #: Accepted values of ``q_y(..., flat=...)``; see :func:`q_y`.
-FLAT_POLICIES: tuple[str, ...] = ("limit", "exclude", "canonical")
+FLAT_POLICIES: tuple[str, ...] = ("limit", "exclude", "canonical", "reference")
 SsimVariant = Literal["vifb", "skimage"]
 #: Accepted values of ``ssim(..., variant=...)``; see :func:`ssim`.
 SSIM_VARIANTS: tuple[str, ...] = ("vifb", "skimage")
@@ -128,25 +128,27 @@ def _filter_valid(x: Any, taps: np.ndarray) -> Any:
     return sum(float(t) * rows[..., :, j : j + w - n + 1] for j, t in enumerate(taps))
 
 
-def _moments(xp: Any, filt: Callable[[Any], Any], x: Any) -> tuple[Any, Any]:
-    """Local mean and variance of ``x``, the variance snapped to 0 where it is round-off."""
+def _moments(xp: Any, filt: Callable[[Any], Any], x: Any, snap: bool = True) -> tuple[Any, Any]:
+    """Local mean and variance of ``x``, the variance snapped to 0 where it is round-off (unless
+    ``snap`` is False: the reference's arithmetic, round-off kept)."""
     mu = filt(x)
     ex2 = filt(x * x)
     var = ex2 - mu * mu
-    return mu, xp.where(xp.abs(var) <= _ROUNDOFF_REL * ex2, 0.0, var)
+    return mu, (xp.where(xp.abs(var) <= _ROUNDOFF_REL * ex2, 0.0, var) if snap else var)
 
 
 def _ssim_map(xp: Any, filt: Callable[[Any], Any], x: Any, y: Any, mx: tuple, my: tuple,
-              c1: float, c2: float, cov_scale: float = 1.0) -> Any:
+              c1: float, c2: float, cov_scale: float = 1.0, snap: bool = True) -> Any:
     """Wang's SSIM map (direct formula, C1, C2 > 0) from precomputed moments of x and y.
 
     ``cov_scale`` multiplies the (co)variances: ``n / (n - 1)`` turns the window's population
-    statistics into sample ones (scikit-image's default).
+    statistics into sample ones (scikit-image's default); ``snap`` as :func:`_moments`.
     """
     (mu_x, var_x), (mu_y, var_y) = mx, my
     cov = filt(x * y) - mu_x * mu_y
-    # Cauchy-Schwarz: a covariance with a flat window is 0; keep round-off out of it.
-    cov = xp.where((var_x == 0) | (var_y == 0), 0.0, cov)
+    if snap:
+        # Cauchy-Schwarz: a covariance with a flat window is 0; keep round-off out of it.
+        cov = xp.where((var_x == 0) | (var_y == 0), 0.0, cov)
     if cov_scale != 1.0:
         var_x, var_y, cov = cov_scale * var_x, cov_scale * var_y, cov_scale * cov
     num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
@@ -234,10 +236,11 @@ def _q_y_core(xp: Any, a: Any, b: Any, f: Any, flat: str) -> tuple[Any, Any]:
     """Q_Y per image over the last two axes, and (``"exclude"`` only) whether nothing was kept."""
     taps = gaussian_window_1d(_YANG_SIZE, _YANG_SIGMA)
     filt = lambda x: _filter_valid(x, taps)  # noqa: E731
-    ma, mb, mf = _moments(xp, filt, a), _moments(xp, filt, b), _moments(xp, filt, f)
-    s_ab = _ssim_map(xp, filt, a, b, ma, mb, _YANG_C, _YANG_C)
-    s_af = _ssim_map(xp, filt, a, f, ma, mf, _YANG_C, _YANG_C)
-    s_bf = _ssim_map(xp, filt, b, f, mb, mf, _YANG_C, _YANG_C)
+    snap = flat != "reference"
+    ma, mb, mf = (_moments(xp, filt, x, snap) for x in (a, b, f))
+    s_ab = _ssim_map(xp, filt, a, b, ma, mb, _YANG_C, _YANG_C, snap=snap)
+    s_af = _ssim_map(xp, filt, a, f, ma, mf, _YANG_C, _YANG_C, snap=snap)
+    s_bf = _ssim_map(xp, filt, b, f, mb, mf, _YANG_C, _YANG_C, snap=snap)
     var_a, var_b = ma[1], mb[1]
     both_flat = (var_a + var_b) == 0
     if flat == "canonical":
@@ -291,6 +294,11 @@ def q_y(a: Any, b: Any, f: Any, flat: FlatPolicy = "limit") -> float:
       ValueError when every window is flat (Q_Y is then undefined).
     - ``"canonical"``: the original, unguarded formula; any both-flat window makes the result
       NaN, returned with a RuntimeWarning (never silently).
+    - ``"reference"``: the reference's arithmetic, for comparing with its printed values: local
+      (co)variances as ``E[x^2] - E[x]^2`` computes them, round-off kept (no snapping, see the
+      module docstring), and Yu Liu's ``lambda = 1/2`` only where the two variances sum to exactly
+      0. Where both sources are flat at a non-zero level, ``SSIM(A, B)`` and ``lambda`` are then
+      ratios of round-off residues, as in MATLAB, instead of the limits above.
 
     Agreement with the reference: <= 3.2e-5 on the MFIF golden values, except pairs g_03 and
     g_04 (<= 4.1e-3), whose large uniform areas leave A and B flat at *different* levels in 2-8%
@@ -302,7 +310,7 @@ def q_y(a: Any, b: Any, f: Any, flat: FlatPolicy = "limit") -> float:
         a: first source, 2D, 0..255 (library images are [0, 1]: multiply by 255 first).
         b: second source, same shape.
         f: fused image, same shape.
-        flat: ``"limit"``, ``"exclude"`` or ``"canonical"`` (see above).
+        flat: ``"limit"``, ``"exclude"``, ``"canonical"`` or ``"reference"`` (see above).
 
     Returns:
         ``Q_Y`` (1 when A = B = F); symmetric in A and B. NaN only with ``flat="canonical"``.
@@ -336,7 +344,7 @@ def q_y_torch(a: "torch.Tensor", b: "torch.Tensor", f: "torch.Tensor",
         a: first sources, ``(N, 1, H, W)``, 0..255 (library tensors are [0, 1]: multiply by 255).
         b: second sources, same shape.
         f: fused images, same shape.
-        flat: ``"limit"``, ``"exclude"`` or ``"canonical"`` (see :func:`q_y`).
+        flat: ``"limit"``, ``"exclude"``, ``"canonical"`` or ``"reference"`` (see :func:`q_y`).
 
     Returns:
         float64 tensor ``(N,)`` on the inputs' device (an evaluation metric: inputs are detached,
