@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,24 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
+def definitions(columns: Sequence[str], convention: str = "project") -> dict[str, str]:
+    """What each column's number is: the reference its metric reproduces (registry ``reference``).
+
+    Args:
+        columns: metric columns of the summary (vocabulary names, or the convention's).
+        convention: whose column names ``columns`` are.
+
+    Returns:
+        ``{column: "<metric>: <reference>"}`` in the order of ``columns``.
+    """
+    from pipeline.metrics import get_spec
+    from pipeline.metrics.conventions import get_convention
+
+    conv = get_convention(convention)
+    metrics = {c: c if conv.name == "project" else conv.metric_of(c) for c in columns}
+    return {c: f"{m}: {get_spec(m).reference}" for c, m in metrics.items()}
+
+
 def lower_is_better(columns: Sequence[str], convention: str = "project") -> frozenset[str]:
     """The columns whose smallest mean is the best: ``seconds`` and those whose metric says so.
 
@@ -162,7 +180,7 @@ def summarise(
 
 def summary_markdown(
     table: dict[str, dict[str, tuple[float, float]]], metrics: Sequence[str], title: str, n_pairs: int,
-    skipped: dict[str, str], lower: frozenset[str] | None = None,
+    skipped: dict[str, str], lower: frozenset[str] | None = None, notes: Mapping[str, str] | None = None,
 ) -> str:
     """The summary table as Markdown: metrics as rows, methods as columns, the best in bold.
 
@@ -174,6 +192,8 @@ def summary_markdown(
         skipped: methods skipped and why.
         lower: the columns for which a smaller mean is the best (default: ``seconds`` and the
             registry's lower-is-better metrics, :func:`lower_is_better` of ``metrics``).
+        notes: what each column is, listed under the table (default: :func:`definitions` of
+            ``metrics``, so that a reader knows which definition of, e.g., FMI a number follows).
 
     Returns:
         the Markdown text.
@@ -200,6 +220,9 @@ def summary_markdown(
             text = f"{_fmt(mean)} +- {_fmt(std)}"
             cells.append(f"**{text}**" if name in best and mean == best[name] else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = definitions(metrics) if notes is None else notes
+    if notes:
+        lines += ["", "Definitions:", ""] + [f"- `{name}`: {text}" for name, text in notes.items()]
     if skipped:
         lines += ["", "Skipped methods:", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
     return "\n".join(lines) + "\n"
@@ -417,7 +440,7 @@ def run_benchmark(
     pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
     scored = colour if conv.name == "project" else f"{colour}; {conv.name} convention"
     text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({scored})",
-                            len(entries), skipped, lower)
+                            len(entries), skipped, lower, definitions(metric_names, conv.name))
     tmp = out / ".summary.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / "summary.md")
@@ -428,6 +451,10 @@ def run_benchmark(
                       "lpcnn_weights": lpcnn_weights or "default"}
         if conv.name != "project":
             run_params["convention"] = conv.name
+        if any(definitions(metric_names, conv.name)[c].startswith("FMI_") for c in metric_names):
+            from pipeline.metrics.fmi import DEFAULT_MODE
+
+            run_params["fmi_mode"] = DEFAULT_MODE
         try:
             from pipeline.tracking import file_sha256
 

@@ -11,7 +11,7 @@ from data_prep.datalist import SlicePair, SplitSpec, load_datalist, write_datase
 from pipeline.cli import main
 from pipeline.io import read_image
 
-METRICS = ["EN", "SD", "RMSE"]
+METRICS = ["EN", "SD", "RMSE", "FMI_pixel"]
 
 
 @pytest.fixture
@@ -62,6 +62,9 @@ def test_benchmark_end_to_end(datalist, tmp_path, capsys):
     best_cell = rmse_row.split(" | ")[1 + ("wa", "dwt", "lp").index(min(rmse, key=rmse.get))]
     assert best_cell.startswith("**")
     assert "`cnn`: no trained checkpoint" in summary
+    # every number says which definition it is: FMI the reference code's (fmi.m as it runs)
+    assert "- `FMI_pixel`: FMI_pixel: Haghighat's Fast-FMI fmi.m" in summary
+    assert "mode='reference'" in summary.split("- `FMI_pixel`:")[1].splitlines()[0]
     figures = list((out / "figures").glob("*.png"))
     assert len(figures) == 1 and read_image(figures[0]).shape[0] > 100
 
@@ -72,6 +75,7 @@ def test_benchmark_end_to_end(datalist, tmp_path, capsys):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["methods"] == "wa,dwt,lp" and run.data.params["skipped"] == "cnn"
+    assert run.data.params["fmi_mode"] == "reference"
     wa_en = np.mean([float(r["EN"]) for r in rows if r["method"] == "wa"])
     assert run.data.metrics["wa/EN"] == pytest.approx(wa_en, rel=1e-5)  # the CSV holds 6 significant digits
     assert {"results.csv", "summary.md", "figures"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

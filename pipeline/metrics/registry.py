@@ -156,7 +156,9 @@ def _spec(name: str, target: str, summary: str, reference: str, *, torch: str | 
 
 def _fmi(feature: str, summary: str, option: str) -> tuple[str, MetricSpec]:
     """The FMI entry of one feature: its own numpy function, the shared torch one."""
-    return _spec(f"FMI_{feature}", f"fmi:fmi_{feature}", summary, f"{_FAST_FMI}, feature '{option}'",
+    reference = (f"{_FAST_FMI}, fmi(a, b, f, '{option}', 3) as its code runs (mode='reference'; "
+                 "mode='symmetric': the published definition)")
+    return _spec(f"FMI_{feature}", f"fmi:fmi_{feature}", summary, reference,
                  torch="fmi:fmi_torch", torch_options={"feature": feature})
 
 
