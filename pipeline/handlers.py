@@ -31,7 +31,8 @@ from pipeline.losses import SSIMAlphaLoss
 from pipeline.tracking import MLflowRun, device_info, file_sha256, find_mlflow_run, log_params_once
 from pipeline.validation import pred_and_sources
 
-__all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar", "TERMS"]
+__all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar",
+           "ValidationProgress", "TERMS"]
 
 #: The SSIM-alpha terms the handler reports, in order.
 TERMS = ("luminance", "contrast", "structure", "ssim_alpha")
@@ -355,3 +356,51 @@ class LossProgressBar:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=self.persist).attach(engine, output_transform=self._loss)
+
+
+class ValidationProgress:
+    """The console's view of a validation: a line when it starts, a bar over its batches, its duration.
+
+    A validation scores every pair with the reference metrics and can take longer than a training
+    epoch; without this the console says nothing from the last training iteration to the metrics line.
+
+    Args:
+        progress_bar: show Ignite's tqdm bar over the validation batches (``progress_bar`` in train.yaml).
+        name: logger name.
+    """
+
+    def __init__(self, progress_bar: bool = True, name: str = "Validation") -> None:
+        self.progress_bar = progress_bar
+        self.logger = logging.getLogger(name)
+        self._started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Log at the start and the end of each run of ``engine`` (the evaluator).
+
+        Args:
+            engine: the validation engine.
+        """
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self._done)
+        if self.progress_bar:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False, desc="validation").attach(engine)
+
+    def _epoch(self, engine: Engine) -> str:
+        """The training epoch this validation follows, as text ("" when unknown)."""
+        trainer = getattr(engine.state, "trainer", None) or getattr(engine, "trainer", None)
+        epoch = getattr(getattr(trainer, "state", None), "epoch", None)
+        return f" after epoch {epoch}" if epoch else ""
+
+    def _start(self, engine: Engine) -> None:
+        import time
+
+        self._started = time.perf_counter()
+        batches = getattr(engine.state, "epoch_length", None)
+        self.logger.info(f"validation{self._epoch(engine)}: {batches} batches")
+
+    def _done(self, engine: Engine) -> None:
+        import time
+
+        self.logger.info(f"validation{self._epoch(engine)} done in {time.perf_counter() - self._started:.1f} s")
