@@ -108,7 +108,8 @@ def bundle_ids(config: str | Path) -> list[BundleId]:
 
         path = bundle_root() / "configs" / f"{config}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such bundle config; name one of {', '.join(CONFIGS)} or a YAML file")
+        raise FileNotFoundError(f"{path}: no such bundle config; name one of {', '.join(CONFIGS)} "
+                                "or a YAML file")
     ids: list[BundleId] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         top = _TOP_LEVEL.match(line)
@@ -308,7 +309,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser: the sub-command's parser.
     """
     parser.add_argument("--config", default="train",
-                        help=f"one of {', '.join(CONFIGS)} (the installed bundle's) or a YAML file (default train)")
+                        help=f"one of {', '.join(CONFIGS)} (the installed bundle's) or a YAML file "
+                             "(default train)")
 
 
 def run(args: argparse.Namespace) -> int:

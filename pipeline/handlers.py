@@ -403,4 +403,5 @@ class ValidationProgress:
     def _done(self, engine: Engine) -> None:
         import time
 
-        self.logger.info(f"validation{self._epoch(engine)} done in {time.perf_counter() - self._started:.1f} s")
+        seconds = time.perf_counter() - self._started
+        self.logger.info(f"validation{self._epoch(engine)} done in {seconds:.1f} s")

@@ -28,7 +28,8 @@ DESIGN_IDS = ("datalist", "output_dir", "epochs", "batch_size", "learning_rate",
 def _bundle(workflow: str, config: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])  # this checkout
-    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(CONFIGS / config), *args]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(CONFIGS / config),
+           *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -106,8 +107,8 @@ def test_missing_input_folder(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_unregistered_pair(tmp_path: Path) -> None:
     pairs = _pair_folder(tmp_path / "pairs", ("x", "y"), ("x",))
-    proc = _bundle("inference", "inference.yaml", "--input_dir", str(pairs), "--output_dir", str(tmp_path / "o"),
-                   cwd=tmp_path)
+    proc = _bundle("inference", "inference.yaml", "--input_dir", str(pairs),
+                   "--output_dir", str(tmp_path / "o"), cwd=tmp_path)
     _one_line_error(proc, "y.png", "has no partner")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -116,8 +117,8 @@ def test_unregistered_pair(tmp_path: Path) -> None:
 def test_corrupt_png(tmp_path: Path) -> None:
     pairs = _pair_folder(tmp_path / "pairs")
     (pairs / "MRI" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    proc = _bundle("inference", "inference.yaml", "--input_dir", str(pairs), "--output_dir", str(tmp_path / "o"),
-                   cwd=tmp_path)
+    proc = _bundle("inference", "inference.yaml", "--input_dir", str(pairs),
+                   "--output_dir", str(tmp_path / "o"), cwd=tmp_path)
     _one_line_error(proc, str(pairs / "MRI" / "x.png"))
 
 

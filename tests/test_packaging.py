@@ -31,6 +31,7 @@ PACKAGE_DATA = (
     "bundles/ssim_fusion/configs/inference.yaml",
     "bundles/ssim_fusion/configs/multi_gpu_train.yaml",
     "bundles/ssim_fusion/configs/metadata.json",
+    "bundles/ssim_fusion/configs/metadata_schema.json",
     "bundles/ssim_fusion/configs/logging.conf",
     "bundles/ssim_fusion/models/model.pt",
     "bundles/ssim_fusion/models/model.ts",
