@@ -231,7 +231,8 @@ def test_installed_wheel_runs_the_readme_commands(installed: Installed, tmp_path
 
     mistake = subprocess.run([str(installed.python), "-m", "monai.bundle", "run", "inference",
                               "--config_file", str(configs / "inference.yaml"), "--input_dir", "nowhere",
-                              "--output_dir", "o"], cwd=work, env=installed.env, capture_output=True, text=True, timeout=300)
+                              "--output_dir", "o"], cwd=work, env=installed.env, capture_output=True,
+                             text=True, timeout=300)
     assert mistake.returncode == 2 and "Traceback" not in mistake.stderr, mistake.stderr[-3000:]
     assert mistake.stderr.strip().splitlines()[-1].startswith("error: nowhere: no such input folder")
 
@@ -239,5 +240,6 @@ def test_installed_wheel_runs_the_readme_commands(installed: Installed, tmp_path
         from pipeline.resources import METADATA_SCHEMA_SHA256
 
         installed.run(work, "-m", "monai.bundle", "verify_metadata",
-                      "--meta_file", str(configs / "metadata.json"), "--filepath", str(configs / "metadata_schema.json"),
+                      "--meta_file", str(configs / "metadata.json"),
+                      "--filepath", str(configs / "metadata_schema.json"),
                       "--hash_val", METADATA_SCHEMA_SHA256, "--hash_type", "sha256")
