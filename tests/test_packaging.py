@@ -224,7 +224,9 @@ def test_installed_wheel_runs_the_readme_commands(installed: Installed, tmp_path
     assert len(fused) == 8, fused
     pair = next(iter(datalists[1]["test"]))
     a, b = (str(work / "data" / pair[k]) for k in ("image_a", "image_b"))
-    scores = json.loads(installed.run(work, "-m", "pipeline", "metrics", a, b, str(fused[0]),
+    fused_pair = work / "fused" / Path(pair["image_a"]).with_suffix(".png").name
+    assert fused_pair in fused
+    scores = json.loads(installed.run(work, "-m", "pipeline", "metrics", a, b, str(fused_pair),
                                       "--metrics", "Q_Y,FMI_pixel", "--json"))
     assert scores, scores
     assert "--datalist runs/demo/data/datalist.json" in installed.run(work, "-m", "pipeline", "bundle-ids")
