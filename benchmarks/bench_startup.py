@@ -69,6 +69,8 @@ def commands(work: Path) -> dict[str, list[str]]:
     Returns:
         label -> argv (the interpreter first).
     """
+    if str(REPO) not in sys.path and (REPO / "pipeline" / "__init__.py").is_file():
+        sys.path.insert(0, str(REPO))  # the checkout's bundle, as the timed commands use (_env)
     from pipeline.resources import bundle_root
 
     a, b = _pair(work / "pairs")
