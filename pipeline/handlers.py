@@ -52,7 +52,7 @@ class SSIMAlphaTermsHandler:
         output_transform: engine output -> ``(pred, sources)``; default reads ``pred`` and ``label``.
         source_names: one suffix per source channel.
         prefix: metric name prefix.
-        log_interval: write a console line every this many iterations (MLflow gets every one).
+        log_interval: write a console line every this many iterations, 0 for none (MLflow gets every one).
         iteration_log: log per iteration.
         epoch_log: log per epoch.
         name: logger name.
@@ -71,7 +71,7 @@ class SSIMAlphaTermsHandler:
     ) -> None:
         self.loss, self.output_transform = loss, output_transform
         self.source_names, self.prefix = tuple(source_names), prefix
-        self.log_interval = max(1, int(log_interval))
+        self.log_interval = max(0, int(log_interval))
         self.iteration_log, self.epoch_log = iteration_log, epoch_log
         self.logger = logging.getLogger(name)
         self._sums: dict[str, float] = {}
@@ -127,7 +127,7 @@ class SSIMAlphaTermsHandler:
         if not self.iteration_log:
             return
         it = engine.state.iteration
-        if it % self.log_interval == 0:
+        if self.log_interval and it % self.log_interval == 0:
             text = _format(values, self.source_names)
             self.logger.info(f"Epoch {engine.state.epoch} iteration {it}: {text}")
         run = find_mlflow_run(engine)
