@@ -100,21 +100,22 @@ class Installed:
     python: Path
     env: dict[str, str]
 
-    def run(self, cwd: Path, *args: str, timeout: float = 600) -> str:
+    def run(self, cwd: Path, *args: str, timeout: float = 600, with_stderr: bool = False) -> str:
         """Run ``python ARGS`` of the installed environment in ``cwd``; it must succeed.
 
         Args:
             cwd: the working folder.
             args: the interpreter's arguments.
             timeout: seconds before the run counts as hung.
+            with_stderr: return its standard error too, after the standard output.
 
         Returns:
-            its standard output.
+            its standard output (and error).
         """
         done = subprocess.run([str(self.python), *args], cwd=cwd, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
         assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-        return done.stdout
+        return done.stdout + done.stderr if with_stderr else done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +213,14 @@ def test_installed_wheel_runs_the_readme_commands(installed: Installed, tmp_path
 
     bundle = Path(installed.run(work, "-m", "pipeline", "bundle-path").strip())
     configs = bundle / "configs"
-    installed.run(work, "-m", "monai.bundle", "run", "training", "--config_file", str(configs / "train.yaml"),
-                  "--datalist", "data/datalist.json", "--output_dir", "runs/x", "--epochs", "1",
-                  "--batch_size", "2", "--patch_size", "32", "--val_metrics", "['Q_Y']")
+    log = installed.run(work, "-m", "monai.bundle", "run", "training", "--config_file",
+                        str(configs / "train.yaml"), "--datalist", "data/datalist.json", "--output_dir", "runs/x",
+                        "--epochs", "1", "--batch_size", "2", "--patch_size", "32", "--val_metrics", "['Q_Y']",
+                        with_stderr=True)
+    # the console: no line per iteration, the validation's start and duration, no dependency warnings
+    assert "Iter:" not in log and " iteration " not in log, log[-3000:]
+    assert "validation after epoch 1: 2 batches" in log and "validation after epoch 1 done in" in log
+    assert "DeprecationWarning" not in log and "FutureWarning" not in log, log[-3000:]
     model = work / "runs" / "x" / "models" / "model.pt"
     assert model.is_file() and (work / "runs" / "x" / "models" / "latest.pt").is_file()
     installed.run(work, "-m", "monai.bundle", "run", "inference", "--config_file",
