@@ -214,9 +214,9 @@ def test_installed_wheel_runs_the_readme_commands(installed: Installed, tmp_path
     bundle = Path(installed.run(work, "-m", "pipeline", "bundle-path").strip())
     configs = bundle / "configs"
     log = installed.run(work, "-m", "monai.bundle", "run", "training", "--config_file",
-                        str(configs / "train.yaml"), "--datalist", "data/datalist.json", "--output_dir", "runs/x",
-                        "--epochs", "1", "--batch_size", "2", "--patch_size", "32", "--val_metrics", "['Q_Y']",
-                        with_stderr=True)
+                        str(configs / "train.yaml"), "--datalist", "data/datalist.json",
+                        "--output_dir", "runs/x", "--epochs", "1", "--batch_size", "2", "--patch_size", "32",
+                        "--val_metrics", "['Q_Y']", with_stderr=True)
     # the console: no line per iteration, the validation's start and duration, no dependency warnings
     assert "Iter:" not in log and " iteration " not in log, log[-3000:]
     assert "validation after epoch 1: 2 batches" in log and "validation after epoch 1 done in" in log
