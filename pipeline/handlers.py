@@ -388,9 +388,13 @@ class ValidationProgress:
             ProgressBar(persist=False, desc="validation").attach(engine)
 
     def _epoch(self, engine: Engine) -> str:
-        """The training epoch this validation follows, as text ("" when unknown)."""
-        trainer = getattr(engine.state, "trainer", None) or getattr(engine, "trainer", None)
-        epoch = getattr(getattr(trainer, "state", None), "epoch", None)
+        """The training epoch this validation follows, as text ("" when unknown).
+
+        MONAI's ``Evaluator.run(global_epoch)`` sets the evaluator's ``max_epochs`` to the trainer's
+        epoch; a plain Ignite engine has no such epoch.
+        """
+        from_monai = type(engine).__module__.startswith("monai.engines")
+        epoch = getattr(engine.state, "max_epochs", None) if from_monai else None
         return f" after epoch {epoch}" if epoch else ""
 
     def _start(self, engine: Engine) -> None:

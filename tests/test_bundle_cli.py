@@ -135,3 +135,18 @@ def test_help_lists_the_ids_and_does_not_train(tmp_path: Path) -> None:
     assert "usage: python -m monai.bundle run training" in proc.stdout
     assert all(f"--{name} " in proc.stdout for name in DESIGN_IDS)
     assert not (tmp_path / "run").exists() and "Engine run" not in proc.stdout
+
+
+def test_validation_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from ignite.engine import Engine
+
+    from pipeline.handlers import ValidationProgress
+
+    evaluator = Engine(lambda engine, batch: batch)
+    ValidationProgress(progress_bar=False).attach(evaluator)
+    with caplog.at_level(logging.INFO, logger="Validation"):
+        evaluator.run([1, 2, 3])
+    messages = [r.getMessage() for r in caplog.records if r.name == "Validation"]
+    assert messages[0] == "validation: 3 batches" and messages[1].startswith("validation done in ")
