@@ -38,6 +38,8 @@ from monai.handlers import CheckpointSaver
 from pipeline.distributed import get_rank, get_world_size, is_distributed, is_main_process, unwrap
 from pipeline.io import CheckpointError, load_checkpoint
 from pipeline.networks import FusionNet, widths_from_state_dict
+# the loading of weights lives apart (no Ignite, no MONAI: `fuse --method cnn` starts fast); kept here
+from pipeline.weights import default_device, load_fusion_network, load_state_dict
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -299,77 +301,6 @@ def training_state(
 
 
 # ---------------------------------------------------------------- loading
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network weights in a checkpoint: a plain state dict (``model.pt``) or ``{"model": ...}``
-    (the resumable ``latest.pt``).
-
-    Args:
-        path: the checkpoint file.
-
-    Returns:
-        parameter name -> tensor, on the CPU.
-
-    Raises:
-        CheckpointError: missing, unreadable, or holding no network weights.
-    """
-    obj = load_checkpoint(path, "cpu", missing=(
-        "no such checkpoint. Train the bundle (python -m monai.bundle run training --config_file "
-        "bundles/ssim_fusion/configs/train.yaml) and copy its best models/model.pt there, "
-        "or pass --ckpt_path"))
-    if "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no network state dict. "
-                              "Use the bundle's models/model.pt or a latest.pt from training")
-    return obj
-
-
-def load_fusion_network(
-    checkpoint: str | os.PathLike,
-    device: str | torch.device | None = None,
-    widths: Sequence[int] | None = None,
-    **net_kwargs: Any,
-) -> FusionNet:
-    """A FusionNet with the checkpoint's weights, in eval mode, on ``device``.
-
-    Args:
-        checkpoint: ``model.pt`` (state dict) or a training checkpoint with a ``model`` entry.
-        device: target device; default CUDA when available, else CPU.
-        widths: the widths the checkpoint must have; ``None`` reads them from the checkpoint.
-        net_kwargs: further :class:`FusionNet` arguments.
-
-    Returns:
-        the network.
-
-    Raises:
-        CheckpointError: missing or unreadable file, or weights of another architecture (the
-            message says what differs and how to fix it).
-    """
-    state = load_state_dict(checkpoint)
-    try:
-        found = widths_from_state_dict(state)
-    except ValueError as err:
-        raise CheckpointError(f"{checkpoint}: is a checkpoint of another architecture, {err}. "
-                              "Use a checkpoint trained by the ssim_fusion bundle") from err
-    if widths is not None and tuple(int(w) for w in widths) != found:
-        raise CheckpointError(f"{checkpoint}: was trained with widths {list(found)} but widths "
-                              f"{list(widths)} were asked for. Pass --widths \"{list(found)}\" "
-                              "(or leave widths unset)")
-    net = FusionNet(widths=found, **net_kwargs)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint}: does not fit FusionNet(widths={list(found)}): {err}. "
-                              "Use a checkpoint trained by the ssim_fusion bundle") from err
-    dev = torch.device(device) if device is not None else default_device()
-    return net.to(dev).eval()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
 
 
 _RESUME_MISSING = ("no checkpoint to resume from. Check --output_dir (latest.pt is written to "

@@ -1,4 +1,4 @@
-"""``python -m pipeline <command>``: ``fuse``, ``metrics``, ``benchmark``, ``bundle-path``.
+"""``python -m pipeline <command>``: ``fuse``, ``metrics``, ``benchmark``, ``bundle-path``, ``bundle-ids``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
 when chosen, so the CLI starts fast.
@@ -20,6 +20,7 @@ COMMANDS = {
     "metrics": ("pipeline.metrics.cli", "fusion quality metrics of a fused image (or folders of them)"),
     "benchmark": ("pipeline.benchmark", "fuse a datalist split with several methods and score them"),
     "bundle-path": ("pipeline.resources", "print the folder of the installed ssim_fusion MONAI bundle"),
+    "bundle-ids": ("pipeline.bundle_cli", "list the bundle's overridable ids, their defaults and meaning"),
 }
 
 

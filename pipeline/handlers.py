@@ -31,7 +31,8 @@ from pipeline.losses import SSIMAlphaLoss
 from pipeline.metrics.ignite import pred_and_sources
 from pipeline.tracking import MLflowRun, device_info, file_sha256, find_mlflow_run, log_params_once
 
-__all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar", "TERMS"]
+__all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar",
+           "ValidationProgress", "TERMS"]
 
 #: The SSIM-alpha terms the handler reports, in order.
 TERMS = ("luminance", "contrast", "structure", "ssim_alpha")
@@ -51,7 +52,7 @@ class SSIMAlphaTermsHandler:
         output_transform: engine output -> ``(pred, sources)``; default reads ``pred`` and ``label``.
         source_names: one suffix per source channel.
         prefix: metric name prefix.
-        log_interval: write a console line every this many iterations (MLflow gets every one).
+        log_interval: write a console line every this many iterations, 0 for none (MLflow gets every one).
         iteration_log: log per iteration.
         epoch_log: log per epoch.
         name: logger name.
@@ -70,7 +71,7 @@ class SSIMAlphaTermsHandler:
     ) -> None:
         self.loss, self.output_transform = loss, output_transform
         self.source_names, self.prefix = tuple(source_names), prefix
-        self.log_interval = max(1, int(log_interval))
+        self.log_interval = max(0, int(log_interval))
         self.iteration_log, self.epoch_log = iteration_log, epoch_log
         self.logger = logging.getLogger(name)
         self._sums: dict[str, float] = {}
@@ -126,7 +127,7 @@ class SSIMAlphaTermsHandler:
         if not self.iteration_log:
             return
         it = engine.state.iteration
-        if it % self.log_interval == 0:
+        if self.log_interval and it % self.log_interval == 0:
             text = _format(values, self.source_names)
             self.logger.info(f"Epoch {engine.state.epoch} iteration {it}: {text}")
         run = find_mlflow_run(engine)
@@ -355,3 +356,56 @@ class LossProgressBar:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=self.persist).attach(engine, output_transform=self._loss)
+
+
+class ValidationProgress:
+    """The console's view of a validation: a line when it starts, a bar over its batches, its duration.
+
+    A validation scores every pair with the reference metrics and can take longer than a training
+    epoch; without this the console says nothing from the last training iteration to the metrics line.
+
+    Args:
+        progress_bar: show Ignite's tqdm bar over the validation batches (``progress_bar`` in train.yaml).
+        name: logger name.
+    """
+
+    def __init__(self, progress_bar: bool = True, name: str = "Validation") -> None:
+        self.progress_bar = progress_bar
+        self.logger = logging.getLogger(name)
+        self._started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Log at the start and the end of each run of ``engine`` (the evaluator).
+
+        Args:
+            engine: the validation engine.
+        """
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self._done)
+        if self.progress_bar:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False, desc="validation").attach(engine)
+
+    def _epoch(self, engine: Engine) -> str:
+        """The training epoch this validation follows, as text ("" when unknown).
+
+        MONAI's ``Evaluator.run(global_epoch)`` sets the evaluator's ``max_epochs`` to the trainer's
+        epoch; a plain Ignite engine has no such epoch.
+        """
+        from_monai = type(engine).__module__.startswith("monai.engines")
+        epoch = getattr(engine.state, "max_epochs", None) if from_monai else None
+        return f" after epoch {epoch}" if epoch else ""
+
+    def _start(self, engine: Engine) -> None:
+        import time
+
+        self._started = time.perf_counter()
+        batches = getattr(engine.state, "epoch_length", None)
+        self.logger.info(f"validation{self._epoch(engine)}: {batches} batches")
+
+    def _done(self, engine: Engine) -> None:
+        import time
+
+        seconds = time.perf_counter() - self._started
+        self.logger.info(f"validation{self._epoch(engine)} done in {seconds:.1f} s")

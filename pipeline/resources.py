@@ -20,12 +20,17 @@ __all__ = [
     "bundle_root",
     "shipped_checkpoint",
     "atlas_series_config",
+    "METADATA_SCHEMA_SHA256",
+    "metadata_schema",
     "add_arguments",
     "run",
 ]
 
 #: The package that holds the ssim_fusion bundle's files.
 BUNDLE_PACKAGE = "bundles.ssim_fusion"
+#: SHA-256 of ``configs/metadata_schema.json``: MONAI's ``verify_metadata --hash_val`` checks the shipped
+#: schema against it (the README's command), so an edited or damaged schema is refused, not trusted.
+METADATA_SCHEMA_SHA256 = "c6e2dcc17631c29b119e478bc706ac3474e0ee2cbb9f57c20c76b1118f4e9b97"
 
 
 def _package_folder(package: str) -> Path:
@@ -79,6 +84,19 @@ def atlas_series_config() -> Path:
         its absolute path.
     """
     return _package_folder("configs") / "atlas_series.yaml"
+
+
+def metadata_schema() -> Path:
+    """The JSON schema of the bundle's ``metadata.json``, shipped so that ``verify_metadata`` runs offline.
+
+    MONAI's ``verify_metadata`` downloads the schema named by ``metadata.json``'s ``schema`` URL unless
+    ``--filepath`` names a file that exists; this one holds the mandatory keys of the MONAI Bundle
+    Specification (its hash: :data:`METADATA_SCHEMA_SHA256`).
+
+    Returns:
+        its absolute path.
+    """
+    return bundle_root() / "configs" / "metadata_schema.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

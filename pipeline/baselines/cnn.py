@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_fusion_network, load_state_dict
+from pipeline.weights import load_fusion_network, load_state_dict
 from pipeline.colour import fuse_with_colour
 from pipeline.networks import inference_network
 from pipeline.resources import shipped_checkpoint
