@@ -55,6 +55,7 @@ __all__ = [
     "bound_mlflow_requests",
     "check_tracking_server",
     "check_tracking",
+    "prepare_sqlite_store",
     "IterationMetricBuffer",
     "buffer_iteration_metrics",
     "EXPERIMENT_KIND_TAG",
@@ -397,7 +398,35 @@ def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
         uri = getattr(client, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             check_tracking_server(str(uri), timeout=timeout)
+            prepare_sqlite_store(str(uri))
     return str(uri) if uri else None
+
+
+def prepare_sqlite_store(uri: str, timeout: float = 120.0) -> bool:
+    """Create a new SQLite tracking store's tables under a file lock (``<database>.lock``).
+
+    MLflow creates and migrates a SQLite store's schema when a client first opens it; two trainings
+    that start at once into a new store both migrate, and one fails on the other's half-made schema.
+    Here the first one holds the lock while it creates the tables; the others wait, then find them.
+
+    Args:
+        uri: the tracking URI (only ``sqlite:`` URIs of a file are prepared).
+        timeout: seconds to wait for another process's preparation.
+
+    Returns:
+        whether the URI was a SQLite file store (now prepared).
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
+        return False
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = urllib.parse.unquote(parsed.path[1:])  # sqlite:////abs/x.db or sqlite:///relative.db
+    os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
+    with FileLock(db + ".lock", timeout=timeout):
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+    return True
 
 
 # ---------------------------------------------------------------- run identity and names
@@ -737,10 +766,13 @@ def log_fusion_model(
         logged = mlflow.initialize_logged_model(name=name, source_run_id=run.run_id, tags=dict(tags or {}),
                                                 params=dict(source.data.params),
                                                 experiment_id=source.info.experiment_id)
+        import inspect
+
+        fmt = {"serialization_format": "pickle"} \
+            if "serialization_format" in inspect.signature(mlflow.pytorch.log_model).parameters else {}
         info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example,
-                                        serialization_format="pickle", model_id=logged.model_id,
-                                        registered_model_name=registered_model_name, run_id=run.run_id,
-                                        pip_requirements=_requirements())
+                                        model_id=logged.model_id, registered_model_name=registered_model_name,
+                                        run_id=run.run_id, pip_requirements=_requirements(), **fmt)
     logger.info("model logged to MLflow run %s as %s%s", run.run_id, info.model_uri,
                 f", registered as {registered_model_name} version {info.registered_model_version}"
                 if registered_model_name else "")

@@ -282,3 +282,16 @@ def test_killed_run_is_not_adopted_and_resume_continues_it(tmp_path: Path) -> No
     assert len(runs) == 2 and runs[killed_id].info.status == "FINISHED"
     assert sorted({m.step for m in client.get_metric_history(killed_id, "train_loss")}) == list(range(1, 7))
     assert _run_id_in(killed_out) == killed_id
+
+
+def test_a_new_sqlite_store_is_prepared_once_under_a_lock(tmp_path: Path) -> None:
+    """Two trainings starting at once into a new SQLite store would both create its tables."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.tracking import prepare_sqlite_store
+
+    uri = _sqlite(tmp_path / "new" / "mlruns.db")
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(prepare_sqlite_store, [uri, uri])) == [True, True]
+    assert (tmp_path / "new" / "mlruns.db").is_file()
+    assert not prepare_sqlite_store("http://127.0.0.1:5000") and not prepare_sqlite_store("sqlite://")
