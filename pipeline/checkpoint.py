@@ -155,7 +155,14 @@ class ConfigChangeError(CheckpointError):
 
 def _plain(value: Any) -> Any:
     """``value`` as plain JSON-like data (tuples as lists, mappings as dicts with string keys), so a
-    record compares by value and loads with ``torch.load(weights_only=True)``."""
+    record compares by value and loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        value: a configuration value.
+
+    Returns:
+        the plain value (anything else as its ``str``).
+    """
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -170,6 +177,7 @@ def _plain(value: Any) -> Any:
 
 
 def _show(value: Any) -> str:
+    """A value as the messages print it: strings bare, the rest as Python literals."""
     return value if isinstance(value, str) else repr(value)
 
 
@@ -204,11 +212,21 @@ class TrainingRecord:
         return (self.resumed or {}).get("mlflow_run_id") or None
 
     def state_dict(self) -> dict[str, Any]:
+        """What ``latest.pt`` stores (plain values only: it loads with ``weights_only=True``).
+
+        Returns:
+            ``{"config", "mlflow_run_id", "history"}``.
+        """
         return {"config": dict(self.config), "mlflow_run_id": self.run_id or "",
                 "history": list(self.history)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Take over the checkpoint's run (unless the tracking chose one) and its change history."""
+        """Take over the checkpoint's run (unless the tracking chose one) and its change history,
+        adding this resume's allowed changes to it; the configuration stays this run's.
+
+        Args:
+            state_dict: the checkpoint's ``record`` entry.
+        """
         state = dict(state_dict)
         self.resumed = state
         if self.run_id is None:
@@ -230,8 +248,12 @@ class TrainingRecord:
         saved = _plain(dict(saved))
         return {k: (saved[k], v) for k, v in self.config.items() if k in saved and saved[k] != v}
 
-    def check(self, saved_state: Mapping[str, Any] | None, path: str | os.PathLike, epoch: int | None = None,
-              ) -> dict[str, tuple[Any, Any]]:
+    def check(
+        self,
+        saved_state: Mapping[str, Any] | None,
+        path: str | os.PathLike,
+        epoch: int | None = None,
+    ) -> dict[str, tuple[Any, Any]]:
         """Compare with the checkpoint's record; stop on a difference unless it is allowed.
 
         Args:
@@ -671,7 +693,11 @@ class ResumeLoader:
                          f"{engine.state.iteration}")
 
     def _apply_changes(self, engine: Engine) -> None:
-        """Put allowed changes of the learning rate and the schedule into the restored objects."""
+        """Put allowed changes of the learning rate and the schedule into the restored objects.
+
+        Args:
+            engine: the trainer, restored (its epoch) and with this run's ``max_epochs``.
+        """
         record = self.load_dict.get("record")
         optimizer = self.load_dict.get("optimizer")
         if not isinstance(record, TrainingRecord) or optimizer is None:
@@ -691,7 +717,14 @@ class ResumeLoader:
 
 
 def _epoch_of(trainer_state: Mapping[str, Any]) -> int | None:
-    """The epoch of an Ignite trainer state dict (it holds ``epoch`` or ``iteration``)."""
+    """The epoch of an Ignite trainer state dict (it holds ``epoch`` or ``iteration``).
+
+    Args:
+        trainer_state: ``engine.state_dict()`` as saved.
+
+    Returns:
+        the epoch, or ``None`` when the state says neither.
+    """
     if trainer_state.get("epoch") is not None:
         return int(trainer_state["epoch"])
     if trainer_state.get("iteration") is not None and trainer_state.get("epoch_length"):

@@ -447,6 +447,7 @@ def _safe(text: str, max_len: int) -> str:
 
 
 def _num(value: Any) -> str:
+    """A number as short as it reads: ``4``, ``0.5``, ``1e-05``."""
     return f"{float(value):g}"
 
 
@@ -631,6 +632,7 @@ def start_run(
 
 
 def _show(value: Any) -> str:
+    """A value as the run tags print it: strings bare, the rest as Python literals."""
     return value if isinstance(value, str) else repr(value)
 
 
@@ -709,7 +711,11 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 def _requirements() -> list[str]:
-    """What a model server needs: torch and this project (whose FusionNet the pickled model is)."""
+    """What a model server needs: torch and this project (whose FusionNet the pickled model is).
+
+    Returns:
+        pip requirement lines.
+    """
     from importlib import metadata
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}"]

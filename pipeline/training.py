@@ -22,6 +22,7 @@ __all__ = [
     "training_state",
     "training_record",
     "run_name",
+    "sqlite_store",
     "start_run",
     "run_tracked",
 ]
@@ -172,6 +173,28 @@ def run_name(name: str | None, config: Mapping[str, Any], datalist: str | os.Pat
     from pipeline.tracking import run_name as _name
 
     return _name(name, config, datalist, split=split, prefix=prefix)
+
+
+def sqlite_store(path: str | os.PathLike) -> str:
+    """The URI of a local SQLite MLflow store at ``path``, its tables created (once, under a file lock).
+
+    The bundle's default ``tracking_uri``: MONAI's ``MLFlowHandler`` opens the store when it is
+    built, and two trainings building theirs at once into a new store would both create its
+    tables (:func:`pipeline.tracking.prepare_sqlite_store`).
+
+    Args:
+        path: the database file (``<output_dir>/mlruns.db``).
+
+    Returns:
+        ``sqlite:///...``, as ``monai.utils.path_to_sqlite_uri`` writes it.
+    """
+    from monai.utils import path_to_sqlite_uri
+
+    from pipeline.tracking import prepare_sqlite_store
+
+    uri = path_to_sqlite_uri(str(path))
+    prepare_sqlite_store(uri)
+    return uri
 
 
 def start_run(handlers: Sequence[Any], name: str, record: Any = None, resume: bool = False) -> Any:

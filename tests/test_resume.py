@@ -270,7 +270,8 @@ def test_resume_with_another_learning_rate_stops_then_applies_it_when_allowed(tm
     refused = subprocess.run(changed, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     text = refused.stdout + refused.stderr
-    assert ("learning_rate: 0.005 in the checkpoint, 0.001 now; epochs: 2 in the checkpoint, 3 now" in text), text[-3000:]
+    assert "epochs: 2 in the checkpoint, 3 now; learning_rate: 0.005 in the checkpoint, 0.001 now" in text, \
+        text[-3000:]
     client = MlflowClient(path_to_sqlite_uri(str(out / "mlruns.db")))
     (exp,) = [e for e in client.search_experiments() if e.name == "ssim_fusion"]
     (run,) = client.search_runs([exp.experiment_id])
@@ -285,7 +286,7 @@ def test_resume_with_another_learning_rate_stops_then_applies_it_when_allowed(tm
                                                                    "epochs": [2, 3]}}]
     (again,) = client.search_runs([exp.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
-    assert again.data.tags["config_change_epoch2"] == "learning_rate: 0.005 -> 0.001; epochs: 2 -> 3"
+    assert again.data.tags["config_change_epoch2"] == "epochs: 2 -> 3; learning_rate: 0.005 -> 0.001"
     lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr_group_0")}
     assert lr[1] == 0.005 and lr[max(lr)] == 0.001  # 4 pairs / batch 2: iterations 5 and 6 are epoch 3
     assert sorted(lr) == list(range(1, 7)) and lr[5] == lr[6] == 0.001 and lr[4] == 0.005

@@ -222,7 +222,11 @@ def _cmd(datalist: Path, out: Path, uri: str, *extra: str, epochs: int = 1) -> l
 def test_two_trainings_at_once_get_two_runs(tmp_path: Path) -> None:
     datalist = make_dataset(tmp_path / "data", train_cases=1)
     uri = _sqlite(tmp_path / "store" / "mlruns.db")
-    (tmp_path / "store").mkdir()
+    # a shared store given by --tracking_uri exists before its trainings (a team's); the bundle's default
+    # store is created under a lock (test_a_new_sqlite_store_is_prepared_once_under_a_lock)
+    from pipeline.tracking import prepare_sqlite_store
+
+    prepare_sqlite_store(uri)
     logs = {name: tmp_path / f"{name}.log" for name in ("one", "two")}
     procs = [(_start(_cmd(datalist, tmp_path / name, uri), log), log) for name, log in logs.items()]
     for proc, log in procs:
