@@ -259,6 +259,36 @@ def test_evaluate_checkpoint_on_test_split(trained: dict, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_tracked_evaluation_is_a_new_run_of_its_own(trained: dict, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluating --tracking mlflow` makes its own run (eval-<recipe>_<data>_<start>), not the
+    unfinished run MONAI's handler would pick."""
+    import re
+
+    from mlflow import MlflowClient
+    from monai.bundle import run
+
+    from pipeline.tracking import prepare_sqlite_store
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    out = tmp_path / "eval"
+    uri = f"sqlite:///{out / 'mlruns.db'}"
+    prepare_sqlite_store(uri)
+    client = MlflowClient(uri)
+    crashed = client.create_run(client.create_experiment("ssim_fusion"), run_name="crashed")
+    run("evaluating", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+        datalist=str(trained["datalist"]), output_dir=str(out), val_metrics=[],
+        ckpt_path=str(trained["out"] / "models" / "model.pt"), progress_bar=False, tracking="mlflow")
+    runs = {r.info.run_name: r for r in client.search_runs([crashed.info.experiment_id])}
+    assert set(runs) - {"crashed"} and runs["crashed"].info.status == "RUNNING"
+    assert "test_ssim_alpha" not in runs["crashed"].data.metrics
+    (name,) = set(runs) - {"crashed"}
+    assert re.fullmatch(r"eval-thesis-ssim4_CT-MRI\+PET-MRI_\d{8}-\d{4}", name), name
+    assert runs[name].info.status == "FINISHED" and "test_ssim_alpha" in runs[name].data.metrics
+
+
+@pytest.mark.slow
 def test_evaluate_refuses_other_architecture(trained: dict, tmp_path: Path) -> None:
     from monai.bundle import run
 
