@@ -640,12 +640,16 @@ class ResumeLoader:
         """Run at ``Events.STARTED`` of ``engine`` (the trainer)."""
         engine.add_event_handler(Events.STARTED, self)
 
-    def check(self) -> dict[str, Any]:
+    def check(self, max_epochs: int | None = None) -> dict[str, Any]:
         """Load the file and check it against ``load_dict``, changing nothing.
 
         The bundle calls it before the MLflow run starts (``training`` in ``train.yaml``), so a
-        changed configuration stops before anything is logged; the checkpoint read is kept for the
-        restore when the trainer starts.
+        changed configuration, or a checkpoint past the configured epochs, stops before anything
+        is logged; the checkpoint read is kept for the restore when the trainer starts.
+
+        Args:
+            max_epochs: the epochs of this run (``--epochs``), or ``None`` to leave that check to
+                the restore.
 
         Returns:
             the checkpoint.
@@ -665,9 +669,12 @@ class ResumeLoader:
             why = _architecture_error(self.load_path, ckpt["model"], unwrap(model))
             if why is not None:
                 raise CheckpointError(why)
+        epoch = _epoch_of(ckpt.get("trainer", {}))
         record = self.load_dict.get("record")
         if isinstance(record, TrainingRecord):
-            record.check(ckpt.get("record"), self.load_path, epoch=_epoch_of(ckpt.get("trainer", {})))
+            record.check(ckpt.get("record"), self.load_path, epoch=epoch)
+        if max_epochs is not None and epoch is not None and epoch > int(max_epochs):
+            raise ValueError(_past_epochs(self.load_path, epoch, int(max_epochs)))
         self._checked = ckpt
         return ckpt
 
@@ -685,8 +692,7 @@ class ResumeLoader:
         if "rng" in ckpt and "rng" in self.load_dict:
             self.load_dict["rng"].load_state_dict(ckpt["rng"])  # last: nothing above may draw after it
         if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise ValueError(f"{self.load_path} is at epoch {engine.state.epoch}, past --epochs "
-                             f"{prior_max_epochs}; pass a larger --epochs to train further")
+            raise ValueError(_past_epochs(self.load_path, engine.state.epoch, prior_max_epochs))
         engine.state.max_epochs = prior_max_epochs
         self._apply_changes(engine)
         self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, iteration "
@@ -714,6 +720,12 @@ class ResumeLoader:
         self.logger.info(f"changed {sorted(changed)} applied: learning rate {lrs} at epoch "
                          f"{engine.state.epoch + 1}" + (f", cosine to 0 by epoch {engine.state.max_epochs}"
                                                         if schedule else ""))
+
+
+def _past_epochs(path: Path, epoch: int, max_epochs: int) -> str:
+    """The message for a checkpoint that has trained more epochs than this run is configured for."""
+    return (f"{path} is at epoch {epoch}, past --epochs {max_epochs}; pass a larger --epochs (with "
+            "--allow_config_change True) to train further")
 
 
 def _epoch_of(trainer_state: Mapping[str, Any]) -> int | None:

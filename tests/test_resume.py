@@ -242,6 +242,9 @@ def test_resume_loader_applies_the_allowed_changes(tmp_path: Path) -> None:
     engine, state, seen = build(0.001, 6)
     with pytest.raises(ConfigChangeError, match="learning_rate: 0.005 in the checkpoint, 0.001 now"):
         ResumeLoader(path, state).check()
+    engine, state, seen = build(0.005, 1, allow=True)
+    with pytest.raises(ValueError, match="is at epoch 2, past --epochs 1"):
+        ResumeLoader(path, state).check(max_epochs=1)  # before any MLflow run is reopened
 
     engine, state, seen = build(0.001, 6, allow=True)
     ResumeLoader(path, state).attach(engine)
