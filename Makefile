@@ -36,6 +36,7 @@ test: install
 	$(BIN)/python -m pytest -n auto
 
 mlflow-ui: install
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow's model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO)/train/mlruns.db
 
 clean-demo:

@@ -16,6 +16,12 @@
   ``torch.load(weights_only=True)`` (no arbitrary code runs from a checkpoint file) and stops with
   a :class:`CheckpointError` naming the file and the fix when it is missing, truncated or
   corrupt, or holds a network of another architecture.
+- :class:`TrainingRecord`: what produced a ``latest.pt``, saved in it: the hyperparameters (the
+  ids at the top of ``train.yaml``, the datalist's fingerprint) and the id of the training's MLflow
+  run. Resuming with other hyperparameters stops with a :class:`ConfigChangeError` listing every
+  difference, unless the user allows it (``--allow_config_change True``); allowed, the new values
+  are applied, also where a restored object would keep the old one (the optimizer's learning rate,
+  the cosine schedule: :func:`continue_lr_schedule`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ __all__ = [
     "ResumeLoader",
     "CheckpointError",
     "REQUIRED_RESUME_KEYS",
+    "ConfigChangeError",
+    "TrainingRecord",
+    "continue_lr_schedule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,6 +146,195 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if cp is self._interval_checkpoint and interval_filename is not None:
                 fixed = interval_filename
             cp.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+
+
+# ---------------------------------------------------------------- configuration record
+
+
+class ConfigChangeError(CheckpointError):
+    """Resuming with other hyperparameters than the checkpoint's; the message lists each difference."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON-like data (tuples as lists, mappings as dicts with string keys), so a
+    record compares by value and loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        value: a configuration value.
+
+    Returns:
+        the plain value (anything else as its ``str``).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    """A value as the messages print it: strings bare, the rest as Python literals."""
+    return value if isinstance(value, str) else repr(value)
+
+
+class TrainingRecord:
+    """What produced a training checkpoint: its hyperparameters and its MLflow run (a ``latest.pt`` entry).
+
+    ``state_dict()`` is ``{"config": {...}, "mlflow_run_id": "...", "history": [...]}``: the
+    configuration of this run (plain values), the id of the MLflow run the training logs into
+    (empty without tracking) and the configuration changes allowed at earlier resumes. Resuming,
+    :meth:`compare` lists what differs (keys recorded on both sides only: a key that a later
+    version added is not a change); :meth:`check` stops on a difference unless
+    ``allow_config_change``.
+
+    Args:
+        config: hyperparameter id -> value, as the run is configured now.
+        allow_config_change: resuming with other values goes on (they are applied and logged)
+            instead of stopping.
+    """
+
+    def __init__(self, config: Mapping[str, Any], allow_config_change: bool = False) -> None:
+        self.config: dict[str, Any] = _plain(dict(config))
+        self.allow_config_change = bool(allow_config_change)
+        self.run_id: str | None = None  #: the MLflow run of this training (set by the tracking)
+        self.resumed: dict[str, Any] | None = None  #: the checkpoint's record, when resuming
+        self.resumed_epoch: int | None = None  #: the checkpoint's epoch, when resuming
+        self.changes: dict[str, tuple[Any, Any]] = {}  #: allowed changes: id -> (checkpoint's, now)
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def resumed_run_id(self) -> str | None:
+        """The MLflow run id the checkpoint names (``None``: none, or not resuming)."""
+        return (self.resumed or {}).get("mlflow_run_id") or None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``latest.pt`` stores (plain values only: it loads with ``weights_only=True``).
+
+        Returns:
+            ``{"config", "mlflow_run_id", "history"}``.
+        """
+        return {"config": dict(self.config), "mlflow_run_id": self.run_id or "",
+                "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Take over the checkpoint's run (unless the tracking chose one) and its change history,
+        adding this resume's allowed changes to it; the configuration stays this run's.
+
+        Args:
+            state_dict: the checkpoint's ``record`` entry.
+        """
+        state = dict(state_dict)
+        self.resumed = state
+        if self.run_id is None:
+            self.run_id = state.get("mlflow_run_id") or None
+        self.history = list(state.get("history", []))
+        if self.changes:
+            self.history.append({"epoch": self.resumed_epoch,
+                                 "changes": {k: [old, new] for k, (old, new) in self.changes.items()}})
+
+    def compare(self, saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The differences between the checkpoint's configuration and this one.
+
+        Args:
+            saved: the checkpoint's ``config``.
+
+        Returns:
+            id -> (checkpoint's value, this run's value), in this run's order.
+        """
+        saved = _plain(dict(saved))
+        return {k: (saved[k], v) for k, v in self.config.items() if k in saved and saved[k] != v}
+
+    def check(
+        self,
+        saved_state: Mapping[str, Any] | None,
+        path: str | os.PathLike,
+        epoch: int | None = None,
+    ) -> dict[str, tuple[Any, Any]]:
+        """Compare with the checkpoint's record; stop on a difference unless it is allowed.
+
+        Args:
+            saved_state: the checkpoint's ``record`` entry (``None``: a checkpoint of a version
+                without one, not checked).
+            path: the checkpoint (for the message).
+            epoch: the checkpoint's epoch (for the history and the MLflow tag).
+
+        Returns:
+            the allowed differences (also in :attr:`changes`).
+
+        Raises:
+            ConfigChangeError: a difference without ``allow_config_change``.
+        """
+        self.resumed_epoch = epoch
+        if saved_state is None:
+            logger.warning(f"{path} holds no record of its configuration (written by an older version): "
+                           "resuming without checking that the hyperparameters are the same")
+            self.resumed = {}
+            return {}
+        self.resumed = dict(saved_state)
+        diffs = self.compare(saved_state.get("config", {}))
+        if diffs and not self.allow_config_change:
+            listed = "; ".join(f"{k}: {_show(old)} in the checkpoint, {_show(new)} now"
+                               for k, (old, new) in diffs.items())
+            raise ConfigChangeError(
+                f"{path}: this run's configuration differs from the one the checkpoint was trained with: "
+                f"{listed}. Resume with the checkpoint's values, or pass --allow_config_change True to "
+                "go on with the new ones (applied from the next epoch and tagged on the MLflow run), "
+                "or train into another --output_dir")
+        if diffs:
+            logger.warning("resuming with a changed configuration (--allow_config_change True): " + "; ".join(
+                f"{k}: {_show(old)} -> {_show(new)}" for k, (old, new) in diffs.items()))
+        self.changes = diffs
+        return diffs
+
+
+def continue_lr_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    max_epochs: int,
+    learning_rate: float | None = None,
+    schedule: bool = True,
+) -> list[float]:
+    """Apply a changed learning rate or length to a restored optimizer and cosine schedule.
+
+    A restored optimizer keeps the learning rate it was saved with and a restored
+    ``CosineAnnealingLR`` keeps its ``T_max``: past ``T_max`` its cosine climbs again, so a run
+    extended with a larger ``--epochs`` would warm its rate back up. Here the schedule goes on from
+    the current rate (or from ``learning_rate`` when given: the new value) down to its minimum over
+    the epochs that remain, with no jump: a cosine over ``max_epochs - epoch`` epochs, starting at
+    the current position. Without a schedule the rate is ``learning_rate`` (when given).
+
+    Args:
+        optimizer: the restored optimizer.
+        scheduler: the restored scheduler (a ``CosineAnnealingLR`` is re-planned; others are left).
+        epoch: epochs done (the checkpoint's).
+        max_epochs: epochs of the run now.
+        learning_rate: the new learning rate, or ``None`` to continue from the current one.
+        schedule: whether the cosine schedule is in use (``--lr_schedule``).
+
+    Returns:
+        the learning rate of each parameter group for the next epoch.
+    """
+    if learning_rate is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = float(learning_rate)
+            group["initial_lr"] = float(learning_rate)
+    current = [float(g["lr"]) for g in optimizer.param_groups]
+    cosine = isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    if schedule and cosine:
+        # the recursive form that step() uses follows the closed form with base_lrs = current from
+        # last_epoch 0: the descent continues from the current rate, reaching eta_min at max_epochs
+        scheduler.base_lrs = list(current)
+        scheduler.T_max = max(1, int(max_epochs) - int(epoch))
+        scheduler.last_epoch = 0
+        scheduler._last_lr = list(current)
+    return current
 
 
 # ---------------------------------------------------------------- random states
@@ -275,6 +473,7 @@ def training_state(
     lr_scheduler: Any = None,
     transforms: Any = None,
     best_saver: CheckpointSaver | None = None,
+    record: TrainingRecord | None = None,
 ) -> dict[str, Any]:
     """The objects ``latest.pt`` saves and ``--resume True`` restores (``save_dict``/``load_dict``).
 
@@ -286,6 +485,8 @@ def training_state(
         transforms: the random training transforms (:class:`RandomStates`).
         best_saver: the validation's best-model saver: its record of the best score, so a resumed
             run does not overwrite ``model.pt`` with a worse model.
+        record: the hyperparameters and MLflow run of the training (:class:`TrainingRecord`),
+            checked when resuming.
 
     Returns:
         name -> object with ``state_dict``/``load_state_dict``.
@@ -297,6 +498,8 @@ def training_state(
     if best_saver is not None and getattr(best_saver, "_key_metric_checkpoint", None) is not None:
         state["best_model"] = best_saver._key_metric_checkpoint
     state["rng"] = RandomStates(transforms)
+    if record is not None:
+        state["record"] = record
     return state
 
 
@@ -333,7 +536,11 @@ class ResumeLoader:
     names the widths to pass), ``model``/``optimizer``/``trainer`` must be present, and missing
     optional entries (scheduler, random states of an older checkpoint) are reported. The
     configured ``max_epochs`` is kept, so a finished run can be extended with a larger
-    ``--epochs``.
+    ``--epochs``. With a :class:`TrainingRecord` under ``record`` the hyperparameters are compared
+    (:meth:`TrainingRecord.check`); allowed changes of ``learning_rate``, ``epochs`` and
+    ``lr_schedule`` are applied to the restored optimizer and schedule
+    (:func:`continue_lr_schedule`); the others (loss, patches, batch size) are in force anyway,
+    since the loss and the data pipeline are built from the configuration.
 
     Args:
         load_path: the checkpoint, usually ``<ckpt_dir>/latest.pt``.
@@ -358,19 +565,29 @@ class ResumeLoader:
         self.load_dict = dict(load_dict)
         self.map_location = map_location
         self.logger = logging.getLogger(name)
+        self._checked: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         """Run at ``Events.STARTED`` of ``engine`` (the trainer)."""
         engine.add_event_handler(Events.STARTED, self)
 
-    def check(self) -> dict[str, Any]:
+    def check(self, max_epochs: int | None = None) -> dict[str, Any]:
         """Load the file and check it against ``load_dict``, changing nothing.
+
+        The bundle calls it before the MLflow run starts (``training`` in ``train.yaml``), so a
+        changed configuration, or a checkpoint past the configured epochs, stops before anything
+        is logged; the checkpoint read is kept for the restore when the trainer starts.
+
+        Args:
+            max_epochs: the epochs of this run (``--epochs``), or ``None`` to leave that check to
+                the restore.
 
         Returns:
             the checkpoint.
 
         Raises:
-            CheckpointError: see the class.
+            CheckpointError: see the class; :class:`ConfigChangeError` when the hyperparameters
+                differ from the checkpoint's :class:`TrainingRecord` and that is not allowed.
         """
         ckpt = load_checkpoint(self.load_path, self.map_location, missing=_RESUME_MISSING)
         missing = [k for k in REQUIRED_RESUME_KEYS if k in self.load_dict and k not in ckpt]
@@ -383,10 +600,18 @@ class ResumeLoader:
             why = _architecture_error(self.load_path, ckpt["model"], unwrap(model))
             if why is not None:
                 raise CheckpointError(why)
+        epoch = _epoch_of(ckpt.get("trainer", {}))
+        record = self.load_dict.get("record")
+        if isinstance(record, TrainingRecord):
+            record.check(ckpt.get("record"), self.load_path, epoch=epoch)
+        if max_epochs is not None and epoch is not None and epoch > int(max_epochs):
+            raise ValueError(_past_epochs(self.load_path, epoch, int(max_epochs)))
+        self._checked = ckpt
         return ckpt
 
     def __call__(self, engine: Engine) -> None:
-        ckpt = self.check()
+        ckpt = self._checked if self._checked is not None else self.check()
+        self._checked = None
         prior_max_epochs = engine.state.max_epochs
         absent = [k for k in self.load_dict if k not in ckpt]
         if absent:
@@ -398,8 +623,53 @@ class ResumeLoader:
         if "rng" in ckpt and "rng" in self.load_dict:
             self.load_dict["rng"].load_state_dict(ckpt["rng"])  # last: nothing above may draw after it
         if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise ValueError(f"{self.load_path} is at epoch {engine.state.epoch}, past --epochs "
-                             f"{prior_max_epochs}; pass a larger --epochs to train further")
+            raise ValueError(_past_epochs(self.load_path, engine.state.epoch, prior_max_epochs))
         engine.state.max_epochs = prior_max_epochs
+        self._apply_changes(engine)
         self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, iteration "
                          f"{engine.state.iteration}")
+
+    def _apply_changes(self, engine: Engine) -> None:
+        """Put allowed changes of the learning rate and the schedule into the restored objects.
+
+        Args:
+            engine: the trainer, restored (its epoch) and with this run's ``max_epochs``.
+        """
+        record = self.load_dict.get("record")
+        optimizer = self.load_dict.get("optimizer")
+        if not isinstance(record, TrainingRecord) or optimizer is None:
+            return
+        changed = set(record.changes) & {"learning_rate", "epochs", "lr_schedule"}
+        if not changed:
+            return
+        schedule = bool(record.config.get("lr_schedule", False))
+        new_lr = record.config.get("learning_rate")
+        renew = "learning_rate" in changed or ("lr_schedule" in changed and not schedule)
+        lrs = continue_lr_schedule(optimizer, self.load_dict.get("lr_scheduler"), engine.state.epoch,
+                                   engine.state.max_epochs, learning_rate=new_lr if renew else None,
+                                   schedule=schedule)
+        self.logger.info(f"changed {sorted(changed)} applied: learning rate {lrs} at epoch "
+                         f"{engine.state.epoch + 1}" + (f", cosine to 0 by epoch {engine.state.max_epochs}"
+                                                        if schedule else ""))
+
+
+def _past_epochs(path: Path, epoch: int, max_epochs: int) -> str:
+    """The message for a checkpoint that has trained more epochs than this run is configured for."""
+    return (f"{path} is at epoch {epoch}, past --epochs {max_epochs}; pass a larger --epochs (with "
+            "--allow_config_change True) to train further")
+
+
+def _epoch_of(trainer_state: Mapping[str, Any]) -> int | None:
+    """The epoch of an Ignite trainer state dict (it holds ``epoch`` or ``iteration``).
+
+    Args:
+        trainer_state: ``engine.state_dict()`` as saved.
+
+    Returns:
+        the epoch, or ``None`` when the state says neither.
+    """
+    if trainer_state.get("epoch") is not None:
+        return int(trainer_state["epoch"])
+    if trainer_state.get("iteration") is not None and trainer_state.get("epoch_length"):
+        return int(trainer_state["iteration"]) // int(trainer_state["epoch_length"])
+    return None

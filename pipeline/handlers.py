@@ -5,7 +5,8 @@
 - :class:`SampleFigureHandler`: a PNG grid (source A, source B, fused) of a few validation pairs
   after each validation, saved under the output folder and logged to MLflow.
 - :class:`RunInfoHandler`: the hyperparameters, the datalist fingerprint, the device, the executed
-  config and, at the end, the best checkpoint, to the console and MLflow.
+  config and, at the end, the best checkpoint and the trained model (an MLflow model with its
+  signature and an input example, optionally registered), to the console and MLflow.
 - :class:`LossProgressBar`: Ignite's tqdm progress bar showing the loss.
 
 MLflow logging goes into the run of the MONAI ``MLFlowHandler`` that ``--tracking mlflow`` attaches
@@ -29,7 +30,8 @@ from ignite.engine import Engine, Events
 from pipeline.io import atomic_write_bytes
 from pipeline.losses import SSIMAlphaLoss
 from pipeline.metrics.ignite import pred_and_sources
-from pipeline.tracking import MLflowRun, device_info, file_sha256, find_mlflow_run, log_params_once
+from pipeline.tracking import (MLflowRun, device_info, file_sha256, find_mlflow_run, log_fusion_model,
+                               log_params_once)
 
 __all__ = ["SSIMAlphaTermsHandler", "SampleFigureHandler", "RunInfoHandler", "LossProgressBar",
            "ValidationProgress", "TERMS"]
@@ -253,7 +255,11 @@ class RunInfoHandler:
     datalist file) and :func:`pipeline.tracking.device_info`; it uploads the executed config (the
     newest ``config_*.json`` that ``--tracking`` wrote into ``output_dir``) unless MONAI's handler
     already has a valid path for it. On completion it uploads ``best_checkpoint`` under
-    ``checkpoints/``.
+    ``checkpoints/`` and, with ``log_model``, logs the network of ``best_checkpoint`` (the engine's
+    own when there is none) as an MLflow model named ``model_name``
+    (:func:`pipeline.tracking.log_fusion_model`), its input example a corner of the last training
+    batch, registered under ``register_model`` when given: the run then holds a model a team can
+    promote and load by name.
 
     Args:
         params: hyperparameters to record (config ids -> values).
@@ -262,6 +268,11 @@ class RunInfoHandler:
         amp: whether mixed precision is on.
         output_dir: where the executed config is looked for.
         best_checkpoint: file to upload when training completes.
+        log_model: log the trained network as an MLflow model when training completes.
+        register_model: register that model under this name (a new version each training), or
+            ``None``.
+        model_name: the logged model's name.
+        example_size: height and width of the input example (cut from the last batch).
         name: logger name.
     """
 
@@ -273,6 +284,10 @@ class RunInfoHandler:
         amp: bool = False,
         output_dir: str | os.PathLike | None = None,
         best_checkpoint: str | os.PathLike | None = None,
+        log_model: bool = False,
+        register_model: str | None = None,
+        model_name: str = "ssim_fusion",
+        example_size: int = 32,
         name: str | None = "RunInfo",
     ) -> None:
         self.params = dict(params)
@@ -280,6 +295,9 @@ class RunInfoHandler:
         self.device, self.amp = device, bool(amp)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.best_checkpoint = Path(best_checkpoint) if best_checkpoint is not None else None
+        self.log_model, self.register_model = bool(log_model), register_model or None
+        self.model_name, self.example_size = model_name, int(example_size)
+        self.model_info: Any = None  #: MLflow's ModelInfo of the logged model
         self.logger = logging.getLogger(name)
         self._run: MLflowRun | None = None
         self._done = False
@@ -333,6 +351,33 @@ class RunInfoHandler:
                              f"{self._run.run_id}")
         else:
             self.logger.warning(f"no best checkpoint at {self.best_checkpoint}; nothing uploaded")
+        if self.log_model:
+            self._log_model(engine)
+
+    def _log_model(self, engine: Engine) -> None:
+        """Log the best model (or the engine's network) as an MLflow model of the run."""
+        from pipeline.checkpoint import load_fusion_network
+        from pipeline.distributed import unwrap
+
+        if self.best_checkpoint is not None and self.best_checkpoint.is_file():
+            network = load_fusion_network(self.best_checkpoint, device="cpu")
+            source = str(self.best_checkpoint)
+        else:
+            import copy
+
+            network = copy.deepcopy(unwrap(engine.network)).cpu().eval()  # type: ignore[attr-defined]
+            source = "the final network"
+        batch = getattr(engine.state, "batch", None)
+        image = batch.get("image") if isinstance(batch, Mapping) else None
+        n = self.example_size
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            example = torch.as_tensor(image[:1, :, :n, :n]).detach().float().cpu()
+        else:
+            example = torch.full((1, 2, n, n), 0.5)
+        assert self._run is not None
+        self.model_info = log_fusion_model(self._run, network, example, name=self.model_name,
+                                           registered_model_name=self.register_model,
+                                           tags={"source": source})
 
 
 class LossProgressBar:

@@ -12,18 +12,34 @@ asks a remote server for ``/health`` with a short timeout before training begins
 :class:`TrackingServerError` naming the address and the fixes; :func:`bound_mlflow_requests`
 caps MLflow's own request timeout and retries (unless the user set them), so a server lost in
 mid-run stops the run within about half a minute instead of MLflow's default of many minutes.
+
+Run identity: MONAI's ``MLFlowHandler`` with no run name adopts any unfinished run of its
+experiment (a crashed training's, or another training's running at the same time), and with a
+name it adopts an unfinished run of that name. :func:`start_run` therefore creates the run itself,
+before the engines start, and hands it to every ``MLFlowHandler`` of the training (trainer and
+validator), so that each training is exactly one run: a new one for a new training, the
+checkpoint's own (its id is in ``latest.pt``) for ``--resume True``. :func:`run_tracked` marks a
+run that ends in an exception ``FAILED`` (``KILLED`` on Ctrl-C); a run killed outright stays
+``RUNNING`` and is never adopted, since no training looks runs up by status or name. Runs are
+named after what they are (:func:`run_name`: recipe, data, start time) in an experiment named
+after the bundle, marked as a model-training experiment so that MLflow 3's UI opens it on its
+runs (:data:`EXPERIMENT_KIND_TAG`). :func:`log_fusion_model` logs the trained network as an MLflow
+model with its signature and an input example, optionally registered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -39,8 +55,18 @@ __all__ = [
     "bound_mlflow_requests",
     "check_tracking_server",
     "check_tracking",
+    "prepare_sqlite_store",
     "IterationMetricBuffer",
     "buffer_iteration_metrics",
+    "EXPERIMENT_KIND_TAG",
+    "EXPERIMENT_KIND",
+    "recipe_name",
+    "data_name",
+    "run_name",
+    "start_run",
+    "run_tracked",
+    "fusion_model_signature",
+    "log_fusion_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -372,4 +398,388 @@ def check_tracking(source: Any, timeout: float = 5.0) -> str | None:
         uri = getattr(client, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             check_tracking_server(str(uri), timeout=timeout)
+            prepare_sqlite_store(str(uri))
     return str(uri) if uri else None
+
+
+def prepare_sqlite_store(uri: str, timeout: float = 120.0) -> bool:
+    """Create a new SQLite tracking store's tables under a file lock (``<database>.lock``).
+
+    MLflow creates and migrates a SQLite store's schema when a client first opens it; two trainings
+    that start at once into a new store both migrate, and one fails on the other's half-made schema.
+    Here the first one holds the lock while it creates the tables; the others wait, then find them.
+
+    Args:
+        uri: the tracking URI (only ``sqlite:`` URIs of a file are prepared).
+        timeout: seconds to wait for another process's preparation.
+
+    Returns:
+        whether the URI was a SQLite file store (now prepared).
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
+        return False
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = urllib.parse.unquote(parsed.path[1:])  # sqlite:////abs/x.db or sqlite:///relative.db
+    os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
+    with FileLock(db + ".lock", timeout=timeout):
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+    return True
+
+
+# ---------------------------------------------------------------- run identity and names
+
+#: Experiment tag that MLflow 3's UI reads to choose an experiment's page: a GenAI experiment opens
+#: on its traces, a model-development one on its runs. Set on the bundle's experiments unless present.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+#: The value for a model-training experiment (MLflow 3's ``custom_model_development``).
+EXPERIMENT_KIND = "custom_model_development"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _safe(text: str, max_len: int) -> str:
+    """``text`` with every run of characters other than letters, digits and ``._+-`` made one
+    ``-``, cut to ``max_len`` characters (names stay valid in URLs, file names and shells)."""
+    return _UNSAFE.sub("-", str(text)).strip("-")[:max_len] or "run"
+
+
+def _num(value: Any) -> str:
+    """A number as short as it reads: ``4``, ``0.5``, ``1e-05``."""
+    return f"{float(value):g}"
+
+
+def recipe_name(
+    alpha: float = 4.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    terms: Mapping[str, float] | None = None,
+    source_weights: Any = (0.5, 0.5),
+    clip_output: bool = False,
+) -> str:
+    """A short name of the loss recipe: ``thesis-ssim4`` for the thesis's loss as written (SSIM-alpha
+    with alpha 4, equal source weights, the raw output, no added term), else the parts that differ,
+    e.g. ``ssim4-var-clip+gradient4+wmean4`` (the shipped model's).
+
+    Args:
+        alpha: luminance exponent (``ssim4``); beta and gamma appear only when not 1 (``ssim4.2.1``).
+        beta: contrast exponent.
+        gamma: structure exponent.
+        terms: added loss terms, name -> weight (``+name<weight>``, sorted by name).
+        source_weights: ``[w_a, w_b]`` (``w0.3-0.7`` unless equal) or ``variance`` (``var``).
+        clip_output: the loss scores the clipped output (``clip``).
+
+    Returns:
+        the recipe name (letters, digits and ``.+-``).
+    """
+    ssim = f"ssim{_num(alpha)}" + ("" if float(beta) == 1 and float(gamma) == 1
+                                   else f".{_num(beta)}.{_num(gamma)}")
+    parts = [ssim]
+    if isinstance(source_weights, str):
+        parts.append("var" if source_weights == "variance" else source_weights)
+    elif source_weights is not None:
+        w = [float(v) for v in source_weights]
+        if len(set(w)) > 1:
+            parts.append("w" + "-".join(_num(v) for v in w))
+    if clip_output:
+        parts.append("clip")
+    added = "".join(f"+{k}{_num(v)}" for k, v in sorted(dict(terms or {}).items()))
+    thesis = len(parts) == 1 and not added
+    return _safe(("thesis-" if thesis else "") + "-".join(parts) + added, 60)
+
+
+def data_name(pairs: Iterable[str]) -> str:
+    """The data of a run by its pair types: ``CT-MRI``, or ``CT-MRI+PET-MRI+SPECT-MRI`` (sorted, distinct).
+
+    Args:
+        pairs: the ``pair`` field of the training entries.
+
+    Returns:
+        the name; ``data`` when no entry names its pair type.
+    """
+    kinds = sorted({str(p) for p in pairs if p})
+    return _safe("+".join(kinds), 40) if kinds else "data"
+
+
+def run_name(
+    name: str | None,
+    config: Mapping[str, Any],
+    datalist: str | os.PathLike | None = None,
+    split: str = "training",
+    prefix: str = "",
+    when: float | None = None,
+) -> str:
+    """The MLflow run name: ``name`` when the user gave one, else ``<recipe>_<data>_<YYYYmmdd-HHMM>``.
+
+    E.g. ``thesis-ssim4_CT-MRI_20261201-1925``: the recipe by :func:`recipe_name` (from ``config``'s
+    loss ids), the data by :func:`data_name` (the pair types of the datalist's ``split``), the start
+    time (local time, to the minute). Names need not be unique (runs are told apart by their ids,
+    :func:`start_run`); they say what a run is in the run list.
+
+    Args:
+        name: the user's name (``--run_name``), or ``None``.
+        config: hyperparameters with ``alpha``, ``beta``, ``gamma``, ``terms``, ``source_weights``,
+            ``clip_output`` (missing ones take the thesis's values).
+        datalist: the datalist whose pair types name the data, or ``None``.
+        split: the split that names the data.
+        prefix: put before the derived name (``eval-`` for an evaluation).
+        when: start time (seconds since the epoch); default now.
+
+    Returns:
+        the run name.
+    """
+    if name:
+        return str(name)
+    recipe = recipe_name(**{k: config[k] for k in ("alpha", "beta", "gamma", "terms", "source_weights",
+                                                   "clip_output") if k in config})
+    pairs: list[str] = []
+    if datalist is not None:
+        try:
+            from pipeline.datalist import load_datalist
+
+            entries = load_datalist(datalist, split)
+            pairs = [str(e.get("pair", "")) for e in entries]  # type: ignore[union-attr]
+        except Exception as err:  # noqa: BLE001 (a name is never worth failing a training for)
+            logger.warning("run name: cannot read the pair types of %s (%s)", datalist, err)
+    stamp = time.strftime("%Y%m%d-%H%M", time.localtime(time.time() if when is None else when))
+    return f"{prefix}{recipe}_{data_name(pairs)}_{stamp}"
+
+
+def _mark_experiment(client: Any, experiment: Any) -> None:
+    """Tag ``experiment`` as a model-training one (:data:`EXPERIMENT_KIND_TAG`) unless it has a kind."""
+    tags = dict(getattr(experiment, "tags", None) or {})
+    if EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def _experiment_of(handler: Any) -> Any:
+    """The experiment of an ``MLFlowHandler``, created (with its artifact location) if needed."""
+    if getattr(handler, "experiment", None) is None:
+        handler._set_experiment()  # MONAI's own lookup/creation, race-safe between two trainings
+    return handler.experiment
+
+
+def start_run(
+    handlers: Iterable[Any],
+    name: str,
+    record: Any = None,
+    resume: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> MLflowRun | None:
+    """Create (or, resuming, reopen) this training's MLflow run and give it to every ``MLFlowHandler``.
+
+    MONAI's handler looks a run up when its engine starts (any unfinished run of the experiment, or
+    one of its name); a run set here first is the one it uses, so a new training never logs into a
+    crashed run or into another training's run, and a resumed one continues its own.
+
+    Args:
+        handlers: the handlers of the training's engines (trainer first); those that are not
+            ``MLFlowHandler`` are skipped, and without any this is a no-op.
+        name: the run name (:func:`run_name`).
+        record: the checkpoint record (:class:`pipeline.checkpoint.TrainingRecord`) or ``None``:
+            its resumed run id is reopened when ``resume``; the run's id is stored into it (so
+            ``latest.pt`` names its run); allowed configuration changes are tagged on the run.
+        resume: continue the run named by the checkpoint (``--resume True``).
+        tags: further run tags.
+
+    Returns:
+        the run, or ``None`` without MLflow tracking.
+    """
+    found = _mlflow_handlers(list(handlers))
+    if not found:
+        return None
+    first = found[0]
+    client = first.client
+    experiment = _experiment_of(first)
+    _mark_experiment(client, experiment)
+    run = None
+    previous = getattr(record, "resumed_run_id", None) if resume else None
+    if previous:
+        try:
+            run = client.get_run(previous)
+        except Exception as err:  # noqa: BLE001 (MlflowException: not in this store)
+            logger.warning("the checkpoint's MLflow run %s is not in %s (%s); starting a new run",
+                           previous, client.tracking_uri, err)
+        if run is not None and run.info.lifecycle_stage != "active":
+            logger.warning("the checkpoint's MLflow run %s was deleted; starting a new run", previous)
+            run = None
+        if run is not None:
+            client.update_run(run.info.run_id, status="RUNNING")
+            logger.info("resuming MLflow run %s (%s)", run.info.run_id, run.info.run_name)
+    if run is None:
+        all_tags = {"bundle": "ssim_fusion", **dict(tags or {})}
+        if previous:
+            all_tags["resumed_from_run"] = str(previous)
+        run = client.create_run(experiment.experiment_id, run_name=name, tags=all_tags)
+        logger.info("MLflow run %s (%s) in experiment %s", run.info.run_id, name, experiment.name)
+    run = client.get_run(run.info.run_id)
+    for handler in found:
+        if getattr(handler, "experiment", None) is None:
+            _experiment_of(handler)
+        handler.cur_run = run
+        handler.run_name = run.info.run_name
+    result = MLflowRun(client, run.info.run_id, first)
+    if record is not None:
+        record.run_id = run.info.run_id
+        changes = getattr(record, "changes", None) or {}
+        if changes:
+            epoch = getattr(record, "resumed_epoch", None)
+            text = "; ".join(f"{k}: {_show(old)} -> {_show(new)}" for k, (old, new) in changes.items())
+            client.set_tag(run.info.run_id, f"config_change_epoch{epoch}", text[:5000])
+    return result
+
+
+def _show(value: Any) -> str:
+    """A value as the run tags print it: strings bare, the rest as Python literals."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def run_tracked(engine: Any, handlers: Iterable[Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+    """``engine.run(...)``; a run it ends with an exception is marked ``FAILED`` (``KILLED`` on Ctrl-C).
+
+    MONAI's handler closes its run only when the engine completes, so a training that raised left
+    its run ``RUNNING``, indistinguishable from one still training. (A process killed outright
+    still leaves ``RUNNING``: :func:`start_run` never adopts a run by status, so that is only a
+    label.)
+
+    Args:
+        engine: the trainer or evaluator.
+        handlers: where to look for ``MLFlowHandler`` besides the engine's own (the validator's).
+        args: passed to ``engine.run`` (a bundle's engines have their data already).
+        kwargs: passed to ``engine.run``.
+
+    Returns:
+        what ``engine.run()`` returns.
+    """
+    try:
+        return engine.run(*args, **kwargs)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        done: set[str] = set()
+        for handler in _mlflow_handlers(engine) + _mlflow_handlers(list(handlers or [])):
+            run = getattr(handler, "cur_run", None)
+            if run is None or run.info.run_id in done:
+                continue
+            done.add(run.info.run_id)
+            try:
+                handler.client.set_terminated(run.info.run_id, status)
+            except Exception as mark_err:  # noqa: BLE001 (the training's own error matters more)
+                logger.warning("could not mark MLflow run %s %s: %s", run.info.run_id, status, mark_err)
+            handler.cur_run = None
+        raise
+
+
+def fusion_model_signature(in_channels: int = 2, out_channels: int = 1) -> Any:
+    """The MLflow signature of the fusion network: float32 ``(N, 2, H, W)`` in, ``(N, 1, H, W)`` out.
+
+    Any batch size, height and width (``-1``); inputs are the two sources in [0, 1], the output is
+    the ``tanh`` map whose clipping to [0, 1] is the fused image.
+
+    Args:
+        in_channels: source channels.
+        out_channels: output channels.
+
+    Returns:
+        an ``mlflow.models.ModelSignature``.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, -1, -1))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_channels, -1, -1))]))
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking (and registry) URI set to ``uri`` for the block, then put back."""
+    import mlflow
+
+    old = mlflow.get_tracking_uri()
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _requirements() -> list[str]:
+    """What a model server needs: torch and this project (whose FusionNet the pickled model is).
+
+    Returns:
+        pip requirement lines.
+    """
+    from importlib import metadata
+
+    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    try:
+        reqs.append(f"ssim-fusion=={metadata.version('ssim-fusion')}")
+    except metadata.PackageNotFoundError:
+        reqs.append("ssim-fusion")
+    return reqs
+
+
+def log_fusion_model(
+    run: MLflowRun,
+    model: torch.nn.Module,
+    input_example: Any,
+    name: str = "ssim_fusion",
+    registered_model_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Any:
+    """Log a fusion network as an MLflow PyTorch model of ``run``, with signature and input example.
+
+    The model is the eval-mode network on the CPU, saved pickled (``serialization_format="pickle"``)
+    so that ``mlflow.pytorch.load_model(uri)`` gives back the :class:`pipeline.networks.FusionNet`
+    itself, which the project's fuser (:class:`pipeline.baselines.cnn.CNNFuser`) folds and runs;
+    MLflow's other format, a ``torch.export`` graph, loads without this project but as a graph
+    that the fuser cannot fold or put in eval mode. Loading a pickled model runs code from the
+    store: load models from a registry you trust, as you would a bundle. It needs this project
+    installed. The pip requirements are given (torch, ssim-fusion) rather than inferred, which
+    would load the model in a fresh interpreter.
+
+    Args:
+        run: the training's run.
+        model: the network.
+        input_example: one float32 ``(1, 2, H, W)`` input in [0, 1] (array or tensor).
+        name: the logged model's name (MLflow 3's ``name=``).
+        registered_model_name: also register it under this name (a new version), or ``None``.
+        tags: tags of the logged model.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
+    """
+    import mlflow.pytorch
+    import numpy as np
+
+    example = input_example.detach().cpu().numpy() if isinstance(input_example, torch.Tensor) \
+        else np.asarray(input_example)
+    example = example.astype(np.float32)
+    model = model.to("cpu").eval()
+    signature = fusion_model_signature(example.shape[1])
+    uri = str(getattr(run.client, "tracking_uri", "") or mlflow.get_tracking_uri())
+    with _tracking_uri(uri):
+        # created here in the run's experiment: given a run id alone, MLflow files the model under the
+        # process's active experiment (the Default one), away from its run
+        source = run.client.get_run(run.run_id)
+        logged = mlflow.initialize_logged_model(name=name, source_run_id=run.run_id, tags=dict(tags or {}),
+                                                params=dict(source.data.params),
+                                                experiment_id=source.info.experiment_id)
+        import inspect
+
+        fmt = {"serialization_format": "pickle"} \
+            if "serialization_format" in inspect.signature(mlflow.pytorch.log_model).parameters else {}
+        info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example,
+                                        model_id=logged.model_id, registered_model_name=registered_model_name,
+                                        run_id=run.run_id, pip_requirements=_requirements(), **fmt)
+    logger.info("model logged to MLflow run %s as %s%s", run.run_id, info.model_uri,
+                f", registered as {registered_model_name} version {info.registered_model_version}"
+                if registered_model_name else "")
+    return info

@@ -1,5 +1,6 @@
 """Glue between the bundle configs and the library: the input as its own target, the bundle folder,
-datalist splits, checkpoint checks, the tracking-server check and the resumable training state."""
+datalist splits, checkpoint checks, the tracking-server check, the MLflow run of a training (its
+name, its start, its end) and the resumable training state with its configuration record."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ __all__ = [
     "check_tracking",
     "buffer_iteration_metrics",
     "training_state",
+    "training_record",
+    "run_name",
+    "sqlite_store",
+    "start_run",
+    "run_tracked",
 ]
 
 
@@ -135,3 +141,73 @@ def training_state(*args: Any, **kwargs: Any) -> dict[str, Any]:
     from pipeline.checkpoint import training_state as _state
 
     return _state(*args, **kwargs)
+
+
+def training_record(config: Mapping[str, Any], datalist: str | os.PathLike | None = None,
+                    allow_config_change: bool = False) -> Any:
+    """The record ``latest.pt`` keeps of its hyperparameters and MLflow run
+    (:class:`pipeline.checkpoint.TrainingRecord`), with the datalist's SHA-256 among the values.
+
+    Args:
+        config: hyperparameter id -> value (``train#record_config`` in ``train.yaml``).
+        datalist: the datalist file, fingerprinted as ``datalist_sha256`` (its path is not
+            recorded: a moved data set is the same data).
+        allow_config_change: let ``--resume True`` go on with other values.
+
+    Returns:
+        the record.
+    """
+    from pipeline.checkpoint import TrainingRecord
+    from pipeline.tracking import file_sha256
+
+    values = dict(config)
+    if datalist is not None and os.path.isfile(datalist):
+        values["datalist_sha256"] = file_sha256(datalist)
+    return TrainingRecord(values, allow_config_change=allow_config_change)
+
+
+def run_name(name: str | None, config: Mapping[str, Any], datalist: str | os.PathLike | None = None,
+             split: str = "training", prefix: str = "") -> str:
+    """The MLflow run name, ``--run_name`` or ``<recipe>_<data>_<start time>``:
+    :func:`pipeline.tracking.run_name`."""
+    from pipeline.tracking import run_name as _name
+
+    return _name(name, config, datalist, split=split, prefix=prefix)
+
+
+def sqlite_store(path: str | os.PathLike) -> str:
+    """The URI of a local SQLite MLflow store at ``path``, its tables created (once, under a file lock).
+
+    The bundle's default ``tracking_uri``: MONAI's ``MLFlowHandler`` opens the store when it is
+    built, and two trainings building theirs at once into a new store would both create its
+    tables (:func:`pipeline.tracking.prepare_sqlite_store`).
+
+    Args:
+        path: the database file (``<output_dir>/mlruns.db``).
+
+    Returns:
+        ``sqlite:///...``, as ``monai.utils.path_to_sqlite_uri`` writes it.
+    """
+    from monai.utils import path_to_sqlite_uri
+
+    from pipeline.tracking import prepare_sqlite_store
+
+    uri = path_to_sqlite_uri(str(path))
+    prepare_sqlite_store(uri)
+    return uri
+
+
+def start_run(handlers: Sequence[Any], name: str, record: Any = None, resume: bool = False) -> Any:
+    """Create this training's MLflow run (or reopen the checkpoint's when resuming) for every
+    ``MLFlowHandler`` in ``handlers``: :func:`pipeline.tracking.start_run` (a no-op without tracking)."""
+    from pipeline.tracking import start_run as _start
+
+    return _start(handlers, name, record=record, resume=resume)
+
+
+def run_tracked(engine: Any, handlers: Sequence[Any] | None = None) -> Any:
+    """``engine.run()``, its MLflow run marked ``FAILED`` when it raises:
+    :func:`pipeline.tracking.run_tracked`."""
+    from pipeline.tracking import run_tracked as _run
+
+    return _run(engine, handlers)

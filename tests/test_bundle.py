@@ -90,7 +90,7 @@ def _train(root: Path) -> None:
     out = root / "run"
     cmd = bundle_cmd("training", "--config_file", str(CONFIGS / "train.yaml"), "--datalist", str(datalist),
                      "--output_dir", str(out), "--epochs", "2", "--batch_size", "4", "--patch_size", "32",
-                     "--log_interval", "1", "--tracking", "mlflow")
+                     "--log_interval", "1", "--tracking", "mlflow", "--register_model", "ssim_fusion_test")
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (root / "result.json").write_text(json.dumps({"datalist": str(datalist), "out": str(out),
@@ -101,7 +101,7 @@ def _only_run(tracking_uri: str):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name("monai_experiment")
+    exp = client.get_experiment_by_name("ssim_fusion")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
@@ -153,6 +153,43 @@ def test_training_run_is_tracked_in_mlflow(trained: dict) -> None:
     assert len(config) == 1 and config[0].endswith(".json")
     # console: the SSIM-alpha terms handler and the run info are logged
     assert "mean SSIM-alpha terms" in trained["log"] and "datalist_sha256=" in trained["log"]
+
+
+@pytest.mark.slow
+def test_trained_model_is_an_mlflow_model(trained: dict) -> None:
+    """The bundle's experiment and run are named for people; the best model is logged with its
+    signature and registered under --register_model; loaded back, it fuses as model.pt does."""
+    import re
+
+    import mlflow
+    from monai.utils import path_to_sqlite_uri
+
+    from pipeline.baselines.cnn import CNNFuser
+    from pipeline.checkpoint import load_fusion_network
+    from pipeline.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    uri = path_to_sqlite_uri(str(trained["out"] / "mlruns.db"))
+    client, run = _only_run(uri)
+    assert re.fullmatch(r"thesis-ssim4_CT-MRI\+PET-MRI_\d{8}-\d{4}", run.info.run_name), run.info.run_name
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    (version,) = client.search_model_versions("name = 'ssim_fusion_test'")
+    assert version.run_id == run.info.run_id
+    logged = client.get_logged_model(version.source.split("/")[-1])
+    assert logged.name == "ssim_fusion" and logged.source_run_id == run.info.run_id
+    client.set_registered_model_alias("ssim_fusion_test", "champion", version.version)  # as the README
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pytorch.load_model("models:/ssim_fusion_test@champion")
+        info = mlflow.models.get_model_info("models:/ssim_fusion_test@champion")
+    finally:
+        mlflow.set_tracking_uri("")
+    assert info.signature is not None and "[-1, 2, -1, -1]" in info.signature.to_dict()["inputs"]
+    best = load_fusion_network(trained["out"] / "models" / "model.pt", device="cpu")
+    x = torch.rand(2, 2, 48, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), best(x))
+    a, b = x[0, 0].numpy(), x[0, 1].numpy()
+    assert np.array_equal(CNNFuser(model, device="cpu").fuse(a, b), CNNFuser(best, device="cpu").fuse(a, b))
 
 
 @pytest.mark.slow
@@ -219,6 +256,36 @@ def test_evaluate_checkpoint_on_test_split(trained: dict, tmp_path: Path) -> Non
     # (tests/tolerances.py, ~1e-6 on these weights) moves a mean SSIM by less than 1e-5
     assert value == pytest.approx(float(np.mean(vals)), abs=1e-5)
     assert (out / "evaluation" / "test_samples_epoch001.png").is_file()
+
+
+@pytest.mark.slow
+def test_tracked_evaluation_is_a_new_run_of_its_own(trained: dict, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluating --tracking mlflow` makes its own run (eval-<recipe>_<data>_<start>), not the
+    unfinished run MONAI's handler would pick."""
+    import re
+
+    from mlflow import MlflowClient
+    from monai.bundle import run
+
+    from pipeline.tracking import prepare_sqlite_store
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    out = tmp_path / "eval"
+    uri = f"sqlite:///{out / 'mlruns.db'}"
+    prepare_sqlite_store(uri)
+    client = MlflowClient(uri)
+    crashed = client.create_run(client.create_experiment("ssim_fusion"), run_name="crashed")
+    run("evaluating", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+        datalist=str(trained["datalist"]), output_dir=str(out), val_metrics=[],
+        ckpt_path=str(trained["out"] / "models" / "model.pt"), progress_bar=False, tracking="mlflow")
+    runs = {r.info.run_name: r for r in client.search_runs([crashed.info.experiment_id])}
+    assert set(runs) - {"crashed"} and runs["crashed"].info.status == "RUNNING"
+    assert "test_ssim_alpha" not in runs["crashed"].data.metrics
+    (name,) = set(runs) - {"crashed"}
+    assert re.fullmatch(r"eval-thesis-ssim4_CT-MRI\+PET-MRI_\d{8}-\d{4}", name), name
+    assert runs[name].info.status == "FINISHED" and "test_ssim_alpha" in runs[name].data.metrics
 
 
 @pytest.mark.slow
