@@ -217,8 +217,9 @@ def _check_pair(p: SlicePair) -> None:
         if not isinstance(name, str) or not pattern.fullmatch(name):
             raise DataPrepError(f"{p.source}: {what} {name!r} must be letters, digits or '_' (it names output "
                                 "files and folders)")
-    if isinstance(p.slice, bool) or not isinstance(p.slice, (int, np.integer)) or not 0 <= int(p.slice) < 10**6:
-        raise DataPrepError(f"{p.source}: slice {p.slice!r} must be an integer in 0..999999 (it names output files)")
+    if isinstance(p.slice, bool) or not isinstance(p.slice, (int, np.integer)) or not 0 <= p.slice < 10**6:
+        raise DataPrepError(f"{p.source}: slice {p.slice!r} must be an integer in 0..999999 "
+                            "(it names output files)")
     if p.modality_a == p.modality_b:
         raise DataPrepError(f"{p.source}: both images are {p.modality_a!r}; the two modalities of a pair need "
                             "different names (e.g. T1 and T2)")
