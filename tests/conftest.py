@@ -37,3 +37,27 @@ def texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarra
         x[:, 32:] = np.clip(x[:, 32:] + 40, 0, 255)
         out.append(np.round(x).astype(np.uint8))
     return tuple(out)
+
+
+def fusion_checkpoint(path: Path, widths: tuple[int, ...]) -> Path:
+    """Save a FusionNet state dict with non-trivial weights (an untrained net outputs ~0 everywhere).
+
+    Args:
+        path: the ``.pt`` file to write.
+        widths: the network's widths.
+
+    Returns:
+        ``path``.
+    """
+    import torch
+
+    from pipeline.networks import FusionNet
+
+    torch.manual_seed(0)
+    net = FusionNet(widths=widths)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data.normal_(0, 0.3)
+            m.bias.data.fill_(0.05)
+    torch.save(net.state_dict(), path)
+    return path
