@@ -189,6 +189,9 @@ def output_path(root: str | os.PathLike, *parts: str, suffix: str = "") -> Path:
 
 
 def _resolved(path: str | os.PathLike) -> Path:
+    """The absolute, link-free form of ``path``; a NUL character (no file system takes it) is refused."""
+    if "\x00" in os.fspath(path):
+        raise OutputPathError(f"{os.fspath(path)!r}: a path with a NUL character cannot be an output folder")
     return Path(os.path.abspath(path)).resolve()
 
 
@@ -419,11 +422,11 @@ class StagedOutput:
     """A run's output files, built in ``.<name>.staging`` beside the output folder, published at the end.
 
     Use as a context manager; ask :meth:`path` for every file. Leaving the block normally
-    publishes: when the output folder is absent or empty, the staging folder is renamed onto it
-    (one atomic step); otherwise the staged files are moved in (a marker makes an interrupted
-    move finish at the next run, under the lock). Leaving it with an exception removes the
-    staging folder; a staging folder left by a killed run is removed (or finished) by the next.
-    The lock (:class:`OutputLock`) is held throughout.
+    publishes: when the output folder is absent or empty (and not the working folder), the
+    staging folder is renamed onto it (one atomic step); otherwise the staged files are moved in
+    (a marker makes an interrupted move finish at the next run, under the lock). Leaving it with
+    an exception removes the staging folder; a staging folder left by a killed run is removed (or
+    finished) by the next. The lock (:class:`OutputLock`) is held throughout.
 
     Args:
         folder: the output folder.
@@ -434,9 +437,8 @@ class StagedOutput:
     def __init__(self, folder: str | os.PathLike, what: str = "a run",
                  inputs: Sequence[str | os.PathLike] = ()) -> None:
         self.folder = Path(folder)
+        _resolved(self.folder)
         check_output_not_in_inputs(self.folder, inputs)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise OutputError(f"{self.folder}: exists and is not a folder; choose another output folder")
         self.lock = OutputLock(self.folder, what)
         self.staging = self.lock.path.with_name(f".{self.lock.folder.name}{STAGING_SUFFIX}")
         self._names: dict[str, str] = {}
@@ -446,6 +448,8 @@ class StagedOutput:
     def __enter__(self) -> StagedOutput:
         self.lock.acquire()
         try:
+            if self.folder.exists() and not self.folder.is_dir():
+                raise OutputError(f"{self.folder}: exists and is not a folder; choose another output folder")
             self.recover()
             self.staging.mkdir()
         except OSError as err:
@@ -542,13 +546,13 @@ class StagedOutput:
         if self.published:
             return
         self.published = True
+        target = self.lock.folder  # absolute and link-free: beside the staging folder
+        cwd = Path.cwd().resolve()
         try:
-            fresh = not self.folder.exists() or (self.folder.is_dir() and not any(self.folder.iterdir()))
-            if fresh and not self.folder.is_symlink():
-                if self.folder.exists():
-                    self.folder.rmdir()
-                os.replace(self.staging, self.folder)
-                fsync_dir(self.folder.parent)
+            fresh = not target.exists() or (target.is_dir() and not any(target.iterdir()))
+            if fresh and target != cwd and target not in cwd.parents:
+                os.replace(self.staging, target)  # onto an empty folder too: one atomic step
+                fsync_dir(target.parent)
             else:
                 self._check_targets()
                 self._merge()
@@ -597,6 +601,7 @@ def claim_training_output(output_dir: str | os.PathLike, ckpt_dir: str | os.Path
     import atexit
 
     out = Path(output_dir)
+    _resolved(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; choose another --output_dir")
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else out / "models"
@@ -610,6 +615,8 @@ def claim_training_output(output_dir: str | os.PathLike, ckpt_dir: str | os.Path
     found = sorted(ckpt.glob("*.pt")) if ckpt.is_dir() else []
     if found and not resume:
         if not overwrite:
+            _TRAINING_LOCKS.pop(lock.folder, None)
+            lock.release()
             names = ", ".join(p.name for p in found)
             raise OutputError(f"{out}: holds the checkpoints of another run ({names} in {ckpt}). Continue "
                               "it with --resume True, replace it with --overwrite True, or choose another "
