@@ -1092,7 +1092,6 @@ from pipeline.outputs import (  # noqa: E402
     StagedOutput,
     check_name,
     check_slice,
-    claim_training_output,
 )
 
 
@@ -1122,6 +1121,15 @@ def _naming_contract(path: Path, out: Path) -> None:
         root = staged.staging.resolve()
         assert all(root in t.resolve().parents for t in targets)
         assert len({str(t).casefold() for t in targets}) == len(targets)
+    from pipeline.benchmark import _name_parts
+
+    for i, e in enumerate(data["test"]):  # the benchmark names its files from the same fields
+        try:
+            pair, case, slice_ = _name_parts(e, path, i)
+        except ValueError as err:
+            assert str(path) in str(err), err
+            continue
+        assert check_name(f"{pair}_{case}_{slice_:03d}", "figure") and check_slice(slice_) == slice_
 
 
 @settings(FUZZ, max_examples=examples(120))
@@ -1201,7 +1209,8 @@ def test_inference_output_dir_overrides(value: str, tmp_path: Path, tiny_checkpo
     else:
         out = (work / parser.get_parsed_content("output_dir")).resolve()  # as MONAI resolved it ('#': '::')
         assert sandbox in out.parents or out == sandbox
-        assert sorted(p.name for p in out.iterdir() if p.name.endswith(".png")) == ["000.png", "001.png"]
+        for name in ("000.png", "001.png"):
+            assert (out / name).is_file() and read_image(out / name).shape == (6, 6)
     assert _tree_digest(pairs) == inputs and _no_leftovers(sandbox)
 
 
@@ -1210,8 +1219,11 @@ def test_inference_output_dir_overrides(value: str, tmp_path: Path, tiny_checkpo
        existing=st.sampled_from(["none", "checkpoints", "file"]))
 def test_training_output_dir_overrides(value: str, resume: bool, overwrite: bool, existing: str,
                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The training bundle's ``--output_dir`` claim: refused with a clear error (another run's
+    """The training bundle's ``--output_dir`` claim, evaluated from ``train.yaml`` with the
+    overrides as MONAI's command line sets them: refused with a clear error (another run's
     checkpoints without --resume/--overwrite, a file, a NUL) or claimed inside the sandbox."""
+    from monai.bundle import ConfigParser
+
     import pipeline.outputs as outputs_module
 
     sandbox, work = _sandbox(tmp_path)
@@ -1220,6 +1232,12 @@ def test_training_output_dir_overrides(value: str, resume: bool, overwrite: bool
     monkeypatch.setattr(outputs_module, "_TRAINING_LOCKS", {})
     monkeypatch.setattr("atexit.register", lambda f: None)
     CASES["training output_dir"] += 1
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "ssim_fusion" / "configs"
+                           / "train.yaml"))
+    parser.update({"output_dir": value, "resume": resume, "overwrite": overwrite})
+    claim = next(i for i, step in enumerate(parser["training"]) if "claim_training_output" in str(step))
+    value = parser.get_parsed_content("output_dir")  # as MONAI resolved it
     target = work / value
     try:
         if existing == "checkpoints" and "\x00" not in value:
@@ -1231,7 +1249,10 @@ def test_training_output_dir_overrides(value: str, resume: bool, overwrite: bool
     except OSError:
         assume(False)
     try:
-        claim_training_output(value, resume=resume, overwrite=overwrite)
+        try:
+            parser.get_parsed_content(f"training#{claim}")
+        except RuntimeError as wrapped:  # MONAI wraps what an expression raised
+            raise wrapped.__cause__ or wrapped from None
     except OutputError as err:
         assert "output" in str(err).lower() or "NUL" in str(err), err
     else:
