@@ -15,7 +15,6 @@ from pipeline.colour import rgb_to_ycbcr
 from pipeline.inference import datalist_pairs, run_inference
 from pipeline.io import CheckpointError, ImageReadError
 from pipeline.pairing import find_pairs
-from pipeline.networks import FusionNet
 from conftest import fusion_checkpoint
 from tolerances import float32_network_atol
 
