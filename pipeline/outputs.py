@@ -356,7 +356,7 @@ class OutputLock:
                         f"{self.folder}: {owner.get('what', 'another run')} (pid {owner.get('pid')} on "
                         f"{owner.get('host')}) is writing this output folder; wait for it to finish or "
                         f"choose another folder. If that process is gone, delete {self.path}") from None
-                self._take_over()
+                self._take_over(owner)
                 continue
             except OSError as err:
                 raise write_error(self.path, err) from err
@@ -383,8 +383,13 @@ class OutputLock:
             return None
         return owner if isinstance(owner, dict) else None
 
-    def _take_over(self) -> None:
-        """Remove a stale lock: renamed first, so two processes never both remove a fresh one."""
+    def _take_over(self, stale: dict | None) -> None:
+        """Remove a stale lock: renamed aside first and checked there, so that a lock another
+        process created meanwhile (it took the stale one over first) is put back, not removed.
+
+        Args:
+            stale: the owner read from the stale lock (``None``: unreadable).
+        """
         grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
             os.replace(self.path, grave)
@@ -392,6 +397,15 @@ class OutputLock:
             return
         except OSError as err:
             raise write_error(self.path, err) from err
+        try:
+            moved: object = json.loads(grave.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if isinstance(moved, dict) and moved != stale and _alive(moved):
+            try:
+                os.link(grave, self.path)  # a live lock taken by mistake: back, unless replaced again
+            except OSError:
+                pass
         grave.unlink(missing_ok=True)
 
     def release(self) -> None:

@@ -243,6 +243,40 @@ def test_lock_stops_a_live_writer_and_takes_over_a_dead_one(tmp_path: Path) -> N
         OutputLock(out).acquire()
 
 
+RACE_SCRIPT = """
+import os, sys, time
+from pipeline.outputs import OutputLock, OutputLockedError
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.005)
+try:
+    lock = OutputLock(sys.argv[1], "race").acquire()
+except OutputLockedError:
+    print("locked")
+else:
+    print("won", flush=True)
+    while not os.path.exists(sys.argv[3]):  # held until every racer has answered
+        time.sleep(0.01)
+    lock.release()
+"""
+
+
+def test_racing_processes_over_a_stale_lock_one_wins(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    lock = OutputLock(out)
+    lock.path.write_text(json.dumps({"pid": 2**22 + 5, "host": socket.gethostname()}))  # a dead owner
+    start, done = time.time() + 4, tmp_path / "done"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(out), str(start), str(done)], env=env,
+                              cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.stdout.readline().strip() for p in procs if p.stdout is not None]
+    done.write_text("")
+    for p in procs:
+        p.wait(60)
+    assert sorted(results) == ["locked"] * 5 + ["won"], results
+    assert not lock.path.exists() and not list(tmp_path.glob(".out.lock.stale-*"))
+
+
 def test_second_inference_into_one_folder_stops_at_once(checkpoint: Path, tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "in", 2)
     with OutputLock(tmp_path / "out", "inference"):
