@@ -152,6 +152,8 @@ def read_image(path: str | os.PathLike, mode: Mode = "any", max_pixels: int | No
     """
     path = Path(path)
     limit = pixel_limit() if max_pixels is None else int(max_pixels)
+    if path.is_dir():
+        raise _fail(path, "is a folder where an image file is expected", "Give the image file inside it")
     if not path.is_file():
         raise _fail(path, "no such file", "Check the path, or the partner file of the pair")
     if path.stat().st_size == 0:
@@ -337,6 +339,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: object = "cpu",
     import torch  # only checkpoint users pay for it
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder where a checkpoint file is expected; give the .pt file "
+                              "(e.g. <output_dir>/models/model.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: {missing}")
     check_checkpoint_sizes(path)

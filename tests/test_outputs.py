@@ -611,6 +611,15 @@ def test_folder_where_a_file_is_expected(checkpoint: Path, tmp_path: Path) -> No
         run_inference(checkpoint, tmp_path / "afile", input_dir=pairs, device="cpu")
 
 
+def test_folder_where_an_input_file_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(ImageReadError, match=r"a\.png: is a folder where an image file is expected"):
+        read_image(tmp_path / "a.png")
+    (tmp_path / "model.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"model\.pt: is a folder where a checkpoint file is expected"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
 def test_wrong_type_entry_names_the_datalist_and_the_entry(tmp_path: Path) -> None:
     path = make_datalist(tmp_path, [{"case": "1", "slice": 0}, {"case": {"x": 1}, "slice": 0}])
     wrong = r"datalist\.json: entry 1 of test .*case=\{'x': 1\} must be a string"
