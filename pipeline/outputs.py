@@ -476,7 +476,8 @@ class StagedOutput:
 
     def recover(self) -> None:
         """Finish or remove what a killed run left (call with the lock held)."""
-        if self.staging.is_dir() and (self.staging / _PUBLISHING).exists():
+        real = self.staging.is_dir() and not self.staging.is_symlink()  # a link is never followed
+        if real and (self.staging / _PUBLISHING).exists():
             self._merge()
         if self.staging.exists() or self.staging.is_symlink():
             if self.staging.is_dir() and not self.staging.is_symlink():

@@ -370,6 +370,22 @@ def test_staging_left_by_a_killed_run_is_removed_or_finished(tmp_path: Path) -> 
     assert sorted(digest(out)) == ["a.txt", "b.txt"] and not stage.exists()
 
 
+def test_linked_staging_and_lock_are_never_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".publishing").write_bytes(b"")
+    (elsewhere / "precious.txt").write_text("keep")
+    (tmp_path / ".out.staging").symlink_to(elsewhere)
+    (tmp_path / "secret").write_text("not a lock")
+    (tmp_path / ".out.lock").symlink_to(tmp_path / "secret")
+    with StagedOutput(tmp_path / "out") as staged:
+        staged.path("a", suffix=".txt").write_text("new")
+    assert sorted(digest(tmp_path / "out")) == ["a.txt"]
+    assert (elsewhere / "precious.txt").read_text() == "keep"
+    assert (tmp_path / "secret").read_text() == "not a lock"
+    assert leftovers(tmp_path / "out") == []
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_files_get_the_users_umask(umask: int, checkpoint: Path, tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "in", 1)
