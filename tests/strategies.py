@@ -254,7 +254,8 @@ def output_dir_overrides() -> st.SearchStrategy[str]:
 LAYOUT_KINDS = ("absent", "file", "folder", "folder-with-file", "link-to-outside-file",
                 "link-to-outside-folder", "dangling-link")
 #: What a killed run can have left beside the output folder.
-LEFTOVER_KINDS = ("none", "dead-lock", "junk-lock", "staging", "publishing-staging", "staging-file")
+LEFTOVER_KINDS = ("none", "dead-lock", "junk-lock", "staging", "publishing-staging", "staging-file",
+                  "linked-staging", "linked-lock")
 
 
 def output_layouts() -> st.SearchStrategy[dict]:

@@ -1303,6 +1303,11 @@ def _make_layout(layout: dict, out: Path, outside: Path) -> None:
             (staging / "half.png").rename(staging / "moved.txt")
     elif kind == "staging-file":
         staging.write_text("x")
+    elif kind == "linked-staging":  # a link to a folder that looks like a staging being published
+        (outside / ".publishing").write_bytes(b"")
+        staging.symlink_to(outside)
+    elif kind == "linked-lock":
+        lock.symlink_to(outside / "target.txt")
 
 
 @settings(FUZZ, max_examples=examples(80))
