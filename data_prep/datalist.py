@@ -10,7 +10,10 @@ records holding decoded images; :func:`write_dataset` splits them **by case** an
   pseudo-colour PET/SPECT).
 
 The whole output is built in a sibling staging folder and renamed into place at the end, so a
-failure leaves nothing half-written in OUT. The same records and seed give a byte-identical
+failure leaves nothing half-written in OUT; a second data_prep writing the same OUT stops at once
+(:class:`pipeline.outputs.OutputLock`), and what a killed run left beside OUT is cleaned up (or
+the previous OUT restored) by the next. File names are built by :func:`pipeline.outputs.output_path`
+from checked names only. The same records and seed give a byte-identical
 datalist. Reading, validating and splitting datalists is the library's
 (:mod:`pipeline.datalist`); its names are re-exported here.
 """
@@ -29,6 +32,7 @@ import numpy as np
 
 from pipeline.datalist import SPLITS, DatalistError, SplitSpec, case_sort_key, load_datalist, split_cases
 from pipeline.io import write_png
+from pipeline.outputs import OutputLock, fsync_dir, output_path
 
 __all__ = [
     "SPLITS",
@@ -98,6 +102,22 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False) -> tuple[Path
     return out, staging
 
 
+def _recover(out: Path) -> None:
+    """Clean what killed runs left beside OUT (call with OUT's lock held): staging folders are
+    removed; an old OUT moved aside just before the new one took its place is put back when OUT
+    is missing (a run killed between the two renames), removed otherwise."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    for p in sorted(parent.glob(f".{out.name}.old-*")):
+        if not out.exists() and p.is_dir():
+            os.replace(p, out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _publish(staging: Path, out: Path) -> None:
     """Move the finished staging folder to OUT (replacing an old OUT only now)."""
     if out.exists():
@@ -107,6 +127,7 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out)
+    fsync_dir(out.parent)
 
 
 def write_dataset(
@@ -133,6 +154,14 @@ def write_dataset(
             slice), or a bad split; OUT is left untouched.
     """
     split = split or SplitSpec()
+    with OutputLock(out, "data_prep"):
+        _recover(Path(out))
+        return _write_dataset(pairs, out, split, overwrite, extra)
+
+
+def _write_dataset(pairs: Iterable[SlicePair], out: str | os.PathLike, split: SplitSpec, overwrite: bool,
+                   extra: Mapping[str, object] | None) -> dict[str, list[dict]]:
+    """:func:`write_dataset` with OUT's lock held."""
     out, staging = staged_output(out, overwrite)
     try:
         entries: list[dict] = []
@@ -144,12 +173,13 @@ def write_dataset(
                 raise DataPrepError(f"{p.source or key}: pair {p.pair} case {p.case} slice {p.slice} "
                                     "appears twice. Remove the duplicate")
             seen.add(key)
-            name = f"{p.case}_{int(p.slice):03d}.png"
-            rel_a = f"{p.pair}/{p.modality_a}/{name}"
-            rel_b = f"{p.pair}/{p.modality_b}/{name}"
+            name = f"{p.case}_{int(p.slice):03d}"
+            path_a = output_path(staging, p.pair, p.modality_a, name, suffix=".png")
+            path_b = output_path(staging, p.pair, p.modality_b, name, suffix=".png")
+            rel_a, rel_b = (q.relative_to(staging).as_posix() for q in (path_a, path_b))
             # no fsync per file: the folder is published whole, after one sync below
-            write_png(staging / rel_a, p.image_a, durable=False)
-            write_png(staging / rel_b, p.image_b, durable=False)
+            write_png(path_a, p.image_a, durable=False)
+            write_png(path_b, p.image_b, durable=False)
             entries.append({
                 "image_a": rel_a, "image_b": rel_b,
                 "modality_a": p.modality_a, "modality_b": p.modality_b,
@@ -187,6 +217,9 @@ def _check_pair(p: SlicePair) -> None:
         if not isinstance(name, str) or not pattern.fullmatch(name):
             raise DataPrepError(f"{p.source}: {what} {name!r} must be letters, digits or '_' (it names output "
                                 "files and folders)")
+    if isinstance(p.slice, bool) or not isinstance(p.slice, (int, np.integer)) or not 0 <= p.slice < 10**6:
+        raise DataPrepError(f"{p.source}: slice {p.slice!r} must be an integer in 0..999999 "
+                            "(it names output files)")
     if p.modality_a == p.modality_b:
         raise DataPrepError(f"{p.source}: both images are {p.modality_a!r}; the two modalities of a pair need "
                             "different names (e.g. T1 and T2)")

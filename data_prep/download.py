@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 
 from data_prep.datalist import DataPrepError
 from pipeline.io import ImageReadError, atomic_write_bytes, read_image
+from pipeline.outputs import OutputLock
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -515,6 +516,7 @@ def download_atlas(out: str | os.PathLike, cases: Sequence[str], base_url: str =
 
     Raises:
         DataPrepError: a bad argument (case id, base URL, ext), or OUT is a file.
+        pipeline.outputs.OutputLockedError: another download is writing OUT.
     """
     from tqdm import tqdm
 
@@ -537,7 +539,9 @@ def download_atlas(out: str | os.PathLike, cases: Sequence[str], base_url: str =
     out.mkdir(parents=True, exist_ok=True)
     client = client or AtlasClient()
     disable = None if show_progress is None else not show_progress  # None: only on a terminal
-    with tqdm(desc="atlas slices", unit="file", disable=disable, file=sys.stderr) as bar:
+    # one download per OUT at a time (a second one stops at once; a killed one's lock is taken over)
+    with OutputLock(out, "download-harvard"), \
+            tqdm(desc="atlas slices", unit="file", disable=disable, file=sys.stderr) as bar:
         job = _AtlasDownload(out, base_url, client, series_map, ext, max_misses, max_slice, bar)
         try:
             for case in case_ids:

@@ -18,7 +18,13 @@ For every pair of the split and every method it writes
 
 and logs the parameters, the mean metrics and those files as one run of the MLflow experiment
 ``benchmark`` (tracking URI default ``sqlite:///OUT/mlruns.db``; artifacts under ``OUT/mlartifacts``
-for a new experiment).
+for a new experiment). A remote tracking server is checked before any work and every request
+to it is bounded, as in training (:mod:`pipeline.tracking`).
+
+Every file name is built from checked datalist fields inside OUT (:mod:`pipeline.outputs`); two
+entries with one output name are an error. The files are written into a staging folder beside
+OUT and published together once all are written, so a failed run leaves OUT as it was; a second
+benchmark into the same OUT stops at once.
 
 Images are read as 8-bit, fused as float in [0, 1] and written as 8-bit PNG; metrics score the
 written 8-bit images on the 0..255 scale, as the reference toolboxes score saved files (colour
@@ -47,6 +53,7 @@ import numpy as np
 from pipeline.baselines import METHODS, fuse_pair
 from pipeline.baselines.cli import collect_params
 from pipeline.io import read_pair, write_png
+from pipeline.outputs import StagedOutput, check_name, check_slice
 
 __all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "lower_is_better"]
 
@@ -94,9 +101,23 @@ def _method_requirements(method: str, lpcnn_weights: str | None, checkpoint: str
     return None
 
 
-def _fused_name(entry: dict, mixed_pairs: bool) -> str:
-    name = f"{entry['case']}_{int(entry['slice']):03d}.png"
-    return f"{entry['pair']}/{name}" if mixed_pairs else name
+def _name_parts(entry: dict, datalist: str | os.PathLike, index: int) -> tuple[str, str, int]:
+    """``(pair, case, slice)`` of an entry, each checked as an output name part.
+
+    Raises:
+        ValueError: the entry has no ``case`` or ``slice``, or one of them cannot name a file.
+    """
+    if "case" not in entry or "slice" not in entry:
+        raise ValueError(f"{datalist}: entry {index} ({entry.get('image_a')}) has no 'case' and 'slice', "
+                         "which name the benchmark's files; re-create it with `python -m data_prep`")
+    source = f"{datalist}: entry {index}"
+    return (check_name(entry.get("pair", "pairs"), "pair", source), check_name(entry["case"], "case", source),
+            check_slice(entry["slice"], source))
+
+
+def _fused_name(parts: tuple[str, str, int], mixed_pairs: bool) -> tuple[str, ...]:
+    name = f"{parts[1]}_{parts[2]:03d}"
+    return (parts[0], name) if mixed_pairs else (name,)
 
 
 def _fmt(value: float) -> str:
@@ -280,12 +301,19 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], metrics: Sequence[str]) -
     os.replace(tmp, path)
 
 
+def _tracking_uri(out: Path, tracking_uri: str | None) -> str:
+    return tracking_uri or f"sqlite:///{(out / 'mlruns.db').resolve()}"
+
+
 def _log_mlflow(result: BenchmarkResult, table: dict, params: dict[str, Any], tracking_uri: str | None,
                 experiment: str) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or f"sqlite:///{(result.out / 'mlruns.db').resolve()}"
+    from pipeline.tracking import bound_mlflow_requests
+
+    bound_mlflow_requests()
+    uri = _tracking_uri(result.out, tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -330,6 +358,7 @@ def run_benchmark(
     mlflow_logging: bool = True,
     progress: bool = True,
     convention: str = "project",
+    tracking_timeout: float = 5.0,
 ) -> BenchmarkResult:
     """Fuse every pair of a split with each method, score, summarise, draw and log.
 
@@ -352,20 +381,24 @@ def run_benchmark(
         progress: show a tqdm progress bar.
         convention: ``project`` (default), ``cddfuse`` or ``vifb``: whose columns and definitions
             score the fused images (:mod:`pipeline.metrics.conventions`).
+        tracking_timeout: seconds a remote tracking server has to answer the check made before
+            any work (:func:`pipeline.tracking.check_tracking_server`).
 
     Returns:
         a :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: unknown method names, convention or column names, no runnable method, or an
-            empty split.
+        ValueError: unknown method names, convention or column names, no runnable method, an
+            empty split, entries without or with unsafe ``case``/``slice``/``pair``, two entries
+            with one output name, OUT inside the data folder, or another run writing OUT.
+        pipeline.tracking.TrackingServerError: the remote tracking server does not answer.
     """
     from pipeline.datalist import load_datalist
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    from pipeline.metrics import DEFAULT_METRICS, compute_metrics
+    from pipeline.metrics import DEFAULT_METRICS
     from pipeline.metrics.conventions import get_convention
 
     conv = get_convention(convention)
@@ -395,8 +428,68 @@ def run_benchmark(
         raise ValueError("no method can run: " + "; ".join(f"{m}: {w}" for m, w in skipped.items()))
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = BenchmarkResult(out=out, methods=runnable, skipped=skipped, metrics=metric_names)
+    names = [_name_parts(e, datalist, i) for i, e in enumerate(entries)]
+    if mlflow_logging:
+        from pipeline.tracking import bound_mlflow_requests, check_tracking_server
+
+        bound_mlflow_requests()
+        check_tracking_server(_tracking_uri(out, tracking_uri), timeout=tracking_timeout)
+    staged = StagedOutput(out, "benchmark", inputs=[Path(datalist).resolve().parent])
+    with staged:
+        result = _fuse_and_score(staged, entries, names, runnable, params, metric_names, scoring, colour,
+                                 n_figures, progress)
+        _write_csv(staged.path("results", suffix=".csv"), result.rows, metric_names)
+        table = summarise(result.rows, runnable, metric_names)
+        pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
+        scored = colour if conv.name == "project" else f"{colour}; {conv.name} convention"
+        text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({scored})",
+                                len(entries), skipped, lower, definitions(metric_names, conv.name))
+        staged.path("summary", suffix=".md").write_text(text)
+        staged.publish()
+        result.out, result.skipped = out, skipped
+        result.figures = [out / p.relative_to(staged.staging) for p in result.figures]
+        if mlflow_logging:
+            run_params = {"datalist": str(Path(datalist).resolve()), "split": split,
+                          "methods": ",".join(runnable), "skipped": ",".join(skipped) or "none",
+                          "metrics": ",".join(metric_names),
+                          "colour": colour, "n_pairs": len(entries), "checkpoint": checkpoint or "default",
+                          "lpcnn_weights": lpcnn_weights or "default"}
+            if conv.name != "project":
+                run_params["convention"] = conv.name
+            if any(definitions(metric_names, conv.name)[c].startswith("FMI_") for c in metric_names):
+                from pipeline.metrics.fmi import DEFAULT_MODE
+
+                run_params["fmi_mode"] = DEFAULT_MODE
+            from pipeline.tracking import file_sha256
+
+            run_params["datalist_sha256"] = file_sha256(datalist)
+            result.run_id = _log_mlflow(result, table, run_params, tracking_uri, experiment)
+    return result
+
+
+def _fuse_and_score(staged: StagedOutput, entries: list[dict], names: list[tuple[str, str, int]],
+                    runnable: list[str], params: dict[str, dict[str, Any]], metric_names: list[str],
+                    scoring: dict[str, Any], colour: str, n_figures: int, progress: bool) -> BenchmarkResult:
+    """Fuse, score and draw every entry with every method, writing into the staging folder.
+
+    Args:
+        staged: the staged output (its :meth:`~pipeline.outputs.StagedOutput.path` places files).
+        entries: the split's entries.
+        names: their checked ``(pair, case, slice)``.
+        runnable: the methods.
+        params: each method's parameters.
+        metric_names: the metric columns.
+        scoring: :func:`pipeline.metrics.compute_metrics` options.
+        colour: the colour mode.
+        n_figures: how many comparison figures.
+        progress: show a progress bar.
+
+    Returns:
+        the rows and figures (figure paths in the staging folder).
+    """
+    from pipeline.metrics import compute_metrics
+
+    result = BenchmarkResult(out=staged.staging, methods=runnable, skipped={}, metrics=metric_names)
     mixed_pairs = len({e.get("pair") for e in entries}) > 1
     figure_at = set(_figure_indices(len(entries), n_figures))
 
@@ -413,8 +506,9 @@ def run_benchmark(
                 start = time.perf_counter()
                 fused = fuse_pair(m, a, b, colour=colour, **params[m])
                 seconds = time.perf_counter() - start
-                target = out / "fused" / m / _fused_name(entry, mixed_pairs)
-                write_png(target, fused)
+                target = staged.path("fused", m, *_fused_name(names[index], mixed_pairs), suffix=".png",
+                                     source=entry["image_a"])
+                write_png(target, fused, durable=False)
                 f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
                 scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
                                          names=metric_names, nan_policy="warn", **scoring)
@@ -426,42 +520,17 @@ def run_benchmark(
                     fused_for_figure[m] = f8
                 bar.update(1)
             if index in figure_at:
-                name = f"{entry.get('pair', 'pair')}_{entry['case']}_{int(entry['slice']):03d}.png"
-                path = out / "figures" / name
-                title = f"{entry.get('pair', '')} case {entry['case']} slice {int(entry['slice']):03d}"
+                pair, case, slice_ = names[index]
+                path = staged.path("figures", f"{pair}_{case}_{slice_:03d}", suffix=".png",
+                                   source=entry["image_a"])
+                title = f"{pair} case {case} slice {slice_:03d}"
                 labels = (entry.get("modality_a", "A"), entry.get("modality_b", "B"))
                 write_figure(path, (a8, b8), labels, fused_for_figure, title)
                 result.figures.append(path)
     finally:
         bar.close()
-
-    _write_csv(out / "results.csv", result.rows, metric_names)
-    table = summarise(result.rows, runnable, metric_names)
-    pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
-    scored = colour if conv.name == "project" else f"{colour}; {conv.name} convention"
-    text = summary_markdown(table, metric_names, f"Benchmark: {pair_types} {split} split ({scored})",
-                            len(entries), skipped, lower, definitions(metric_names, conv.name))
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "summary.md")
-    if mlflow_logging:
-        run_params = {"datalist": str(Path(datalist).resolve()), "split": split, "methods": ",".join(runnable),
-                      "skipped": ",".join(skipped) or "none", "metrics": ",".join(metric_names), "colour": colour,
-                      "n_pairs": len(entries), "checkpoint": checkpoint or "default",
-                      "lpcnn_weights": lpcnn_weights or "default"}
-        if conv.name != "project":
-            run_params["convention"] = conv.name
-        if any(definitions(metric_names, conv.name)[c].startswith("FMI_") for c in metric_names):
-            from pipeline.metrics.fmi import DEFAULT_MODE
-
-            run_params["fmi_mode"] = DEFAULT_MODE
-        try:
-            from pipeline.tracking import file_sha256
-
-            run_params["datalist_sha256"] = file_sha256(datalist)
-        except ImportError:
-            pass
-        result.run_id = _log_mlflow(result, table, run_params, tracking_uri, experiment)
+    if hasattr(os, "sync"):
+        os.sync()  # every staged file on disk before the set is published
     return result
 
 

@@ -2,6 +2,7 @@
 
 - :class:`AtomicCheckpointSaver`: MONAI's :class:`monai.handlers.CheckpointSaver` whose files are
   written to a temporary file in the same folder and renamed over the target (``os.replace``),
+  never with NaN/Inf network weights (:class:`NonFiniteWeightsError` stops the training instead),
   with ordinary read permissions (0644 less the umask). MONAI's own saver writes in place
   (``atomic=False``), so a crash while saving could leave a truncated ``model.pt``; here a fixed
   file name (``key_metric_filename``, ``interval_filename``) is replaced in one step, never
@@ -64,6 +65,7 @@ __all__ = [
     "ConfigChangeError",
     "TrainingRecord",
     "continue_lr_schedule",
+    "NonFiniteWeightsError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,19 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The network's weights hold NaN or Inf: they are not saved, and the training stops."""
+
+
+def _non_finite_weights(checkpoint: Mapping) -> list[str]:
+    """Names of the network tensors holding NaN/Inf (``checkpoint`` is a state dict or ``{"model": ...}``)."""
+    weights = checkpoint.get("model", checkpoint)
+    if not isinstance(weights, Mapping):
+        return []
+    return [k for k, v in weights.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -107,6 +122,12 @@ class AtomicDiskSaver(BaseSaveHandler):
         if not is_main_process():
             return
         target = self.dirname / (self.filename or filename)
+        bad = _non_finite_weights(checkpoint)
+        if bad:  # NaN weights never become model.pt (the best) nor latest.pt (the resume point)
+            raise NonFiniteWeightsError(f"the network's weights hold NaN or Inf ({', '.join(bad[:3])}); "
+                                        f"they were not saved as {target}, and the training stops. Lower "
+                                        "--learning_rate (or turn on --lr_schedule), then resume from the last "
+                                        "latest.pt or train again")
         self.dirname.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=self.dirname)
         try:

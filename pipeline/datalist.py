@@ -18,8 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.outputs import OutputPathError, check_name, check_slice
+
 __all__ = [
     "SPLITS",
+    "NAME_FIELDS",
+    "MODES",
     "DatalistError",
     "SplitSpec",
     "split_cases",
@@ -28,6 +32,10 @@ __all__ = [
 ]
 
 SPLITS = ("training", "validation", "test")
+#: Entry fields that become parts of output paths (with ``slice``); checked like the image paths.
+NAME_FIELDS = ("pair", "case", "modality_a", "modality_b")
+#: Values of ``mode_a``/``mode_b``.
+MODES = ("L", "RGB")
 
 
 class DatalistError(ValueError):
@@ -120,6 +128,37 @@ def _target_counts(n: int, fractions: np.ndarray) -> list[int]:
     return counts.tolist()
 
 
+def _check_fields(path: Path, split: str, index: int, entry: dict) -> None:
+    """Refuse an entry whose naming fields could not safely name an output file.
+
+    Args:
+        path: the datalist, for the message.
+        split: the split, for the message.
+        index: the entry's position in its split.
+        entry: the entry.
+
+    Raises:
+        DatalistError: see :func:`load_datalist`.
+    """
+    where = f"{path}: entry {index} of {split} ({_short(entry)})"
+    try:
+        for key in NAME_FIELDS:
+            if key in entry:
+                check_name(entry[key], key)
+        if "slice" in entry:
+            check_slice(entry["slice"])
+    except OutputPathError as err:
+        raise DatalistError(f"{where}: {err}") from err
+    for key in ("mode_a", "mode_b"):
+        if key in entry and entry[key] not in MODES:
+            raise DatalistError(f"{where}: {key}={entry[key]!r} must be one of {MODES}")
+
+
+def _short(entry: dict) -> str:
+    text = json.dumps(entry, ensure_ascii=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def case_sort_key(case: str) -> tuple[int, str]:
     """Sort key of a case id: numeric ids by value first, then the others by name.
 
@@ -143,8 +182,10 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
         entries of one split, or the dict of all splits.
 
     Raises:
-        DatalistError: the file is missing or not a datalist, the split is unknown, or an entry's
-            path escapes the data folder.
+        DatalistError: the file is missing or not a datalist, the split is unknown, an entry's
+            path escapes the data folder, or a field that names output files (``pair``, ``case``,
+            ``slice``, ``modality_*``) or ``mode_*`` is of the wrong type or not one safe name;
+            the message names the datalist, the split and the entry.
     """
     path = Path(path)
     if split is not None and split not in SPLITS:
@@ -168,11 +209,12 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
         if not isinstance(items, list):
             raise DatalistError(f"{path}: {s!r} must be a list of entries, got {type(items).__name__}")
         fixed = []
-        for e in items:
+        for index, e in enumerate(items):
             if not isinstance(e, dict):
-                raise DatalistError(f"{path}: an entry of {s} must be an object with image_a and image_b, "
-                                    f"got {type(e).__name__}")
+                raise DatalistError(f"{path}: entry {index} of {s} must be an object with image_a and "
+                                    f"image_b, got {type(e).__name__}")
             e = dict(e)
+            _check_fields(path, s, index, e)
             for k in ("image_a", "image_b"):
                 if k not in e:
                     raise DatalistError(f"{path}: an entry of {s} has no {k!r}: {e}")

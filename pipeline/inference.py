@@ -8,8 +8,13 @@ Y with the other source, then its Cb/Cr are put back and the result is written a
 decoding, no min-max normalisation) and written as 8-bit PNG; the network output is clipped to
 [0, 1].
 
-Every input pair is decoded and checked before anything is written, and each PNG is written
-atomically, so a bad pair stops the run with a clear error and leaves no partial output file.
+Pairs are streamed: decoded when their batch comes, fused, written, dropped, so memory stays flat in
+the number of pairs. Every output name is built from checked parts inside the output folder
+(:func:`pipeline.outputs.output_path`); two pairs with one output name are an error. The files are
+written into a staging folder and published together at the end (:class:`pipeline.outputs.StagedOutput`),
+so a bad pair, a crash or a kill leaves the previous output (or none), never a partial set; a
+second inference into the same folder stops at once, and an output folder inside an input folder
+is refused.
 
 The parts have their own homes: the checkpoint is loaded and checked by
 :func:`pipeline.checkpoint.load_fusion_network`, folders are paired by
@@ -30,6 +35,7 @@ from pipeline.baselines.cnn import DEFAULT_BATCH_SIZE, CNNFuser
 from pipeline.checkpoint import load_fusion_network
 from pipeline.datalist import SPLITS, load_datalist
 from pipeline.io import read_pair, write_png
+from pipeline.outputs import StagedOutput, check_name, check_slice
 from pipeline.pairing import find_pairs
 
 __all__ = ["datalist_pairs", "run_inference"]
@@ -40,8 +46,19 @@ logger = logging.getLogger(__name__)
 def datalist_pairs(datalist: str | os.PathLike, split: str | None = "test") -> list[tuple[str, Path, Path]]:
     """Pairs of a datalist split (``None``: all splits), named ``<pair>/<case>_<slice:03d>``.
 
+    Every part of a name is a checked field of the datalist (:func:`pipeline.datalist.load_datalist`);
+    an entry without ``case``/``slice`` is named by its ``image_a`` file.
+
+    Args:
+        datalist: the ``datalist.json``.
+        split: the split, or ``None`` for all.
+
+    Returns:
+        ``(name, image_a, image_b)`` per entry.
+
     Raises:
         pipeline.datalist.DatalistError: the datalist is missing, invalid or has no such split.
+        pipeline.outputs.OutputPathError: an ``image_a`` name that cannot name an output file.
     """
     data = load_datalist(datalist)
     splits = SPLITS if split is None else (split,)
@@ -50,10 +67,12 @@ def datalist_pairs(datalist: str | os.PathLike, split: str | None = "test") -> l
     out = []
     for s in splits:
         for e in data[s]:
-            name = Path(e["image_a"]).stem
             if "case" in e and "slice" in e:
-                name = f"{e['case']}_{int(e['slice']):03d}"
-            out.append((f"{e.get('pair', 'pairs')}/{name}", Path(e["image_a"]), Path(e["image_b"])))
+                name = f"{check_name(e['case'], 'case')}_{check_slice(e['slice']):03d}"
+            else:
+                name = check_name(Path(e["image_a"]).stem, "image_a file name", datalist)
+            pair = check_name(e.get("pair", "pairs"), "pair")
+            out.append((f"{pair}/{name}", Path(e["image_a"]), Path(e["image_b"])))
     return out
 
 
@@ -88,24 +107,33 @@ def run_inference(
 
     Raises:
         ValueError: neither or both of ``input_dir`` and ``datalist``; bad pairs or checkpoint
-            (:class:`pipeline.io.CheckpointError`, :class:`pipeline.io.ImageReadError`) - before anything
-            is written.
+            (:class:`pipeline.io.CheckpointError`, :class:`pipeline.io.ImageReadError`); unsafe or
+            colliding output names, an output folder inside an input folder, or one another
+            process is writing (:mod:`pipeline.outputs`). The output folder is then left as it was.
+        pipeline.outputs.OutputWriteError: the output cannot be written (disk full, read-only).
     """
     if (input_dir is None) == (datalist is None):
         raise ValueError("give exactly one of input_dir (two subfolders of paired images) or datalist")
     pairs = find_pairs(input_dir, subdirs) if input_dir is not None else datalist_pairs(datalist, split)
     if not pairs:
         raise ValueError(f"{datalist}: split {split!r} has no pairs")
+    inputs = [input_dir] if input_dir is not None else [Path(datalist).resolve().parent]
+    out_dir = Path(output_dir)
+    staged = StagedOutput(out_dir, "inference", inputs=inputs)
     fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
                      batch_size=batch_size)
-    decoded = [(name, *read_pair(pa, pb)) for name, pa, pb in pairs]  # check all before writing any
-    out_dir = Path(output_dir)
-    written = []
-    fused_all = fuser.fuse_many([(a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0)
-                                 for _, a, b in decoded])
-    for (name, _, _), fused in zip(decoded, fused_all):
-        target = out_dir / f"{name}.png"
-        write_png(target, fused)
-        written.append(target)
-    logger.info(f"fused {len(written)} pairs into {out_dir} with {ckpt_path} on {fuser.device}")
-    return written
+    with staged:
+        targets = [staged.path(*name.split("/"), suffix=".png", source=pa) for name, pa, _ in pairs]
+        for start in range(0, len(pairs), fuser.batch_size):
+            chunk = pairs[start:start + fuser.batch_size]
+            sources = []
+            for _, pa, pb in chunk:
+                a, b = read_pair(pa, pb)
+                sources.append((a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0))
+            for target, fused in zip(targets[start:start + len(chunk)], fuser.fuse_many(sources)):
+                write_png(target, fused, durable=False)  # synced once, when the set is published
+            del sources
+        if hasattr(os, "sync"):
+            os.sync()
+    logger.info(f"fused {len(staged.files)} pairs into {out_dir} with {ckpt_path} on {fuser.device}")
+    return staged.files

@@ -72,3 +72,27 @@ def assert_medical_golden(name: str, metrics: dict, abs_tol: float = 1e-4) -> No
     expected = medical_golden()["triples"][name]["values"]
     for metric, fn in metrics.items():
         assert fn(a, b, f) == pytest.approx(expected[metric], abs=abs_tol), metric
+
+
+def fusion_checkpoint(path: Path, widths: tuple[int, ...]) -> Path:
+    """Save a FusionNet state dict with non-trivial weights (an untrained net outputs ~0 everywhere).
+
+    Args:
+        path: the ``.pt`` file to write.
+        widths: the network's widths.
+
+    Returns:
+        ``path``.
+    """
+    import torch
+
+    from pipeline.networks import FusionNet
+
+    torch.manual_seed(0)
+    net = FusionNet(widths=widths)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data.normal_(0, 0.3)
+            m.bias.data.fill_(0.05)
+    torch.save(net.state_dict(), path)
+    return path

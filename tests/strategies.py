@@ -214,3 +214,54 @@ def datalist_documents(draw: st.DrawFn, well_typed: bool) -> dict:
         split_value = st.one_of(split_value, json_values(4))
     keys = st.sampled_from(("training", "validation", "test", "train", "source"))
     return draw(st.dictionaries(keys, split_value, max_size=4))
+
+
+def slice_values() -> st.SearchStrategy[object]:
+    """``slice`` values of a datalist entry: good integers, out-of-range ones and wrong types."""
+    return st.one_of(st.integers(0, 999), st.integers(-(2**40), 2**40), st.booleans(), st.none(),
+                     st.floats(allow_nan=True), st.text(max_size=4), st.lists(st.integers(), max_size=2))
+
+
+def naming_values() -> st.SearchStrategy[object]:
+    """Values of the naming fields (``pair``, ``case``, ``modality_*``): hostile names, plain safe
+    names (so that collisions happen) and wrong JSON types."""
+    safe = st.sampled_from(["1", "2", "A", "a", "CT-MRI", "ct-mri", "T1", "case_3"])
+    return st.one_of(safe, hostile_names(), json_values(2))
+
+
+@st.composite
+def datalists_with_hostile_fields(draw: st.DrawFn) -> dict:
+    """Datalists whose image paths are valid (``a.png``/``b.png``) and whose naming fields
+    (``pair``, ``case``, ``slice``, ``modality_a``, ``modality_b``, ``mode_*``) are hostile."""
+    entry = st.fixed_dictionaries({"image_a": st.just("a.png"), "image_b": st.just("b.png")}, optional={
+        "pair": naming_values(), "case": naming_values(), "slice": slice_values(),
+        "modality_a": naming_values(), "modality_b": naming_values(),
+        "mode_a": st.sampled_from(["L", "RGB", "CMYK", "", "l"])})
+    return draw(st.fixed_dictionaries({"test": st.lists(entry, min_size=1, max_size=4)},
+                                      optional={s: st.lists(entry, max_size=3)
+                                                for s in ("training", "validation")}))
+
+
+def output_dir_overrides() -> st.SearchStrategy[str]:
+    """``--output_dir`` values a user may pass: relative hostile path texts (``..``, dots, odd
+    characters), never absolute (the tests run them inside a sandbox folder) and never MONAI
+    config syntax (``$``, ``@``, ``%``)."""
+    return hostile_path_texts(4).filter(
+        lambda s: not s.startswith(("/", "$", "@", "%", "~")) and "//" not in s)
+
+
+#: What a name in a pre-existing output folder can be.
+LAYOUT_KINDS = ("absent", "file", "folder", "folder-with-file", "link-to-outside-file",
+                "link-to-outside-folder", "dangling-link")
+#: What a killed run can have left beside the output folder.
+LEFTOVER_KINDS = ("none", "dead-lock", "junk-lock", "staging", "publishing-staging", "staging-file",
+                  "linked-staging", "linked-lock")
+
+
+def output_layouts() -> st.SearchStrategy[dict]:
+    """A pre-existing output folder: the folder itself (absent, empty, with entries, or a file),
+    what each of a few names in it is (outputs of the run and others), and leftovers beside it."""
+    kinds = st.sampled_from(LAYOUT_KINDS)
+    names = st.fixed_dictionaries({n: kinds for n in ("000.png", "001.png", "keep.txt")})
+    return st.fixed_dictionaries({"out": st.sampled_from(["absent", "empty", "entries", "file"]),
+                                  "names": names, "leftover": st.sampled_from(LEFTOVER_KINDS)})

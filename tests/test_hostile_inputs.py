@@ -12,6 +12,14 @@ Contracts checked here, for every generated or hand-made input:
 - ``data_prep.datalist.write_dataset``: a failure part-way leaves OUT absent or unchanged and no
   staging folder; nothing is ever written outside OUT's staging folder.
 - ``data_prep.download``: no server listing, case id or series name yields a path outside OUT.
+- datalist naming fields (``pair``, ``case``, ``slice``, ``modality_*``, ``mode_*``, issue 14):
+  accepted only as safe name parts; every output path built from them is inside the output
+  folder, and two entries with one output name are an error, never an overwrite.
+- ``--output_dir`` overrides of the bundles (inference, training): inside the given folder or a
+  clear error naming it; no lock or staging left behind; the inputs untouched.
+- pre-existing output-folder layouts (files, folders, links where outputs go; locks and staging
+  left by killed runs): the complete set of regular PNG files, or a clear error with the output
+  folder as it was; nothing outside it changed.
 - ``data_prep.volumes``: NaN/Inf refused (or zero-filled with ``nan_as_zero``), mismatched grids
   resampled, no physical overlap refused, truncated / zero-byte / 2D / random files refused with
   the file named; nothing written to OUT on failure.
@@ -70,6 +78,9 @@ from strategies import (
     png_bytes,
     png_chunk,
     tiff_retag,
+    datalists_with_hostile_fields,
+    output_dir_overrides,
+    output_layouts,
     valid_image_files,
 )
 
@@ -1068,3 +1079,271 @@ def test_volume_data_file_outside_the_volume_folder(tmp_path: Path) -> None:
     assert volume_contract(data / "ok.mhd") is not None  # a header beside its raw file is the normal case
     for name in ("abs.mhd", "rel.mhd"):
         assert volume_contract(data / name) is None, f"{name} read a file outside {data}"
+
+
+
+# ============================================================================ outputs (issue 14)
+
+from pipeline.datalist import DatalistError as _DatalistError  # noqa: E402
+from pipeline.inference import datalist_pairs, run_inference  # noqa: E402
+from pipeline.outputs import (  # noqa: E402
+    OutputError,
+    OutputPathError,
+    StagedOutput,
+    check_name,
+    check_slice,
+)
+
+
+def _naming_contract(path: Path, out: Path) -> None:
+    """Datalist naming fields: accepted only when each is a safe part; the output paths built from
+    them are inside ``out`` and distinct, or a clear error (collision) names both inputs."""
+    CASES["datalist fields"] += 1
+    try:
+        data = load_datalist(path)
+    except _DatalistError as err:
+        assert str(path) in str(err) and "entry" in str(err), err
+        return
+    for entries in data.values():
+        for e in entries:
+            for key in ("pair", "case", "modality_a", "modality_b"):
+                if key in e:
+                    check_name(e[key], key)
+            if "slice" in e:
+                check_slice(e["slice"])
+    with StagedOutput(out, "test", inputs=[path.parent]) as staged:
+        try:
+            targets = [staged.path(*name.split("/"), suffix=".png", source=i)
+                       for i, (name, _, _) in enumerate(datalist_pairs(path, None))]
+        except OutputPathError as err:
+            assert "two inputs would write" in str(err) or "cannot name an output file" in str(err), err
+            return
+        root = staged.staging.resolve()
+        assert all(root in t.resolve().parents for t in targets)
+        assert len({str(t).casefold() for t in targets}) == len(targets)
+    from pipeline.benchmark import _name_parts
+
+    for i, e in enumerate(data["test"]):  # the benchmark names its files from the same fields
+        try:
+            pair, case, slice_ = _name_parts(e, path, i)
+        except ValueError as err:
+            assert str(path) in str(err), err
+            continue
+        assert check_name(f"{pair}_{case}_{slice_:03d}", "figure") and check_slice(slice_) == slice_
+
+
+@settings(FUZZ, max_examples=examples(120))
+@given(doc=datalists_with_hostile_fields())
+def test_datalist_naming_fields_never_leave_or_collide(doc: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    if not (data / "a.png").exists():
+        write_png(data / "a.png", pixels(4, 4))
+        write_png(data / "b.png", pixels(4, 4, seed=1))
+    path = _write_json(data, doc)
+    _naming_contract(path, tmp_path / "out")
+    assert not list(tmp_path.glob(".out.*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import fusion_checkpoint
+
+    return fusion_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", (2, 2, 2, 2))
+
+
+def _pairs_folder(root: Path) -> Path:
+    for i in range(2):
+        for mod in ("CT", "MRI"):
+            path = root / mod / f"{i:03d}.png"
+            if not path.exists():
+                write_png(path, pixels(6, 6, seed=i)[..., 0])
+    return root
+
+
+def _sandbox(tmp_path: Path) -> tuple[Path, Path]:
+    """``(sandbox, work)``: the cwd ``work`` sits five folders deep in ``sandbox``, so that any
+    relative override with up to five ``..`` stays inside it."""
+    sandbox = tmp_path / "sandbox"
+    work = sandbox.joinpath("a", "b", "c", "d", "work")
+    work.mkdir(parents=True, exist_ok=True)
+    return sandbox, work
+
+
+def _inside(value: str, work: Path, sandbox: Path) -> bool:
+    if "\x00" in value:
+        return True
+    full = Path(os.path.normpath(work / value))
+    return sandbox in full.parents
+
+
+def _no_leftovers(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.endswith((".lock", ".staging"))]
+
+
+@settings(FUZZ, max_examples=examples(50))
+@given(value=output_dir_overrides())
+def test_inference_output_dir_overrides(value: str, tmp_path: Path, tiny_checkpoint: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inference bundle's ``--output_dir``: the config is parsed with the override, as MONAI's
+    command line does, and run; outputs land inside the folder asked for, or a clear error."""
+    from monai.bundle import ConfigParser
+
+    sandbox, work = _sandbox(tmp_path)
+    assume(_inside(value, work, sandbox))
+    pairs = _pairs_folder(sandbox / "in")
+    inputs = _tree_digest(pairs)
+    monkeypatch.chdir(work)
+    CASES["output_dir override"] += 1
+    parser = ConfigParser()
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "ssim_fusion"
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.update({"output_dir": value, "input_dir": str(pairs), "ckpt_path": str(tiny_checkpoint),
+                   "device": "cpu"})
+    try:
+        try:
+            parser.get_parsed_content("inference")
+        except RuntimeError as wrapped:  # MONAI wraps what an expression raised
+            raise wrapped.__cause__ or wrapped from None
+    except (OutputError, OSError) as err:
+        assert value in str(err) or repr(value)[1:-1] in str(err) or str(work) in str(err), err
+    else:
+        out = (work / parser.get_parsed_content("output_dir")).resolve()  # as MONAI resolved it ('#': '::')
+        assert sandbox in out.parents or out == sandbox
+        for name in ("000.png", "001.png"):
+            assert (out / name).is_file() and read_image(out / name).shape == (6, 6)
+    assert _tree_digest(pairs) == inputs and _no_leftovers(sandbox)
+
+
+@settings(FUZZ, max_examples=examples(60))
+@given(value=output_dir_overrides(), resume=st.booleans(), overwrite=st.booleans(),
+       existing=st.sampled_from(["none", "checkpoints", "file"]))
+def test_training_output_dir_overrides(value: str, resume: bool, overwrite: bool, existing: str,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training bundle's ``--output_dir`` claim, evaluated from ``train.yaml`` with the
+    overrides as MONAI's command line sets them: refused with a clear error (another run's
+    checkpoints without --resume/--overwrite, a file, a NUL) or claimed inside the sandbox."""
+    from monai.bundle import ConfigParser
+
+    import pipeline.outputs as outputs_module
+
+    sandbox, work = _sandbox(tmp_path)
+    assume(_inside(value, work, sandbox))
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(outputs_module, "_TRAINING_LOCKS", {})
+    monkeypatch.setattr("atexit.register", lambda f: None)
+    CASES["training output_dir"] += 1
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "ssim_fusion" / "configs"
+                           / "train.yaml"))
+    parser.update({"output_dir": value, "resume": resume, "overwrite": overwrite})
+    claim = next(i for i, step in enumerate(parser["training"]) if "claim_training_output" in str(step))
+    value = parser.get_parsed_content("output_dir")  # as MONAI resolved it
+    target = work / value
+    try:
+        if existing == "checkpoints" and "\x00" not in value:
+            (target / "models").mkdir(parents=True, exist_ok=True)
+            (target / "models" / "latest.pt").write_bytes(b"x")
+        elif existing == "file" and "\x00" not in value and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("x")
+    except OSError:
+        assume(False)
+    try:
+        try:
+            parser.get_parsed_content(f"training#{claim}")
+        except RuntimeError as wrapped:  # MONAI wraps what an expression raised
+            raise wrapped.__cause__ or wrapped from None
+    except OutputError as err:
+        assert "output" in str(err).lower() or "NUL" in str(err), err
+    else:
+        assert target.resolve() == sandbox or sandbox in target.resolve().parents
+        lock = outputs_module._TRAINING_LOCKS[Path(os.path.abspath(target)).resolve()]
+        assert lock.path.exists()
+        if existing == "checkpoints" and not resume:
+            assert overwrite and not (target / "models" / "latest.pt").exists()
+        lock.release()
+    assert _no_leftovers(sandbox)
+
+
+def _make_layout(layout: dict, out: Path, outside: Path) -> None:
+    """Build a pre-existing output folder (see :func:`strategies.output_layouts`)."""
+    outside.mkdir(exist_ok=True)
+    (outside / "target.txt").write_text("outside")
+    if layout["out"] == "file":
+        out.write_text("a file")
+    elif layout["out"] != "absent":
+        out.mkdir()
+    if layout["out"] == "entries":
+        for name, kind in layout["names"].items():
+            p = out / name
+            if kind == "file":
+                p.write_bytes(b"old " + name.encode())
+            elif kind == "folder":
+                p.mkdir()
+            elif kind == "folder-with-file":
+                p.mkdir()
+                (p / "inner.txt").write_text("inner")
+            elif kind == "link-to-outside-file":
+                p.symlink_to(outside / "target.txt")
+            elif kind == "link-to-outside-folder":
+                p.symlink_to(outside)
+            elif kind == "dangling-link":
+                p.symlink_to(outside / "missing")
+    lock, staging = out.parent / f".{out.name}.lock", out.parent / f".{out.name}.staging"
+    kind = layout["leftover"]
+    if kind == "dead-lock":
+        lock.write_text(json.dumps({"pid": 2**22 + 11, "host": __import__("socket").gethostname()}))
+    elif kind == "junk-lock":
+        lock.write_bytes(b"\xff\x00junk")
+    elif kind in ("staging", "publishing-staging"):
+        staging.mkdir()
+        (staging / "half.png").write_bytes(b"half")
+        if kind == "publishing-staging":
+            (staging / ".publishing").write_bytes(b"")
+            (staging / "half.png").rename(staging / "moved.txt")
+    elif kind == "staging-file":
+        staging.write_text("x")
+    elif kind == "linked-staging":  # a link to a folder that looks like a staging being published
+        (outside / ".publishing").write_bytes(b"")
+        staging.symlink_to(outside)
+    elif kind == "linked-lock":
+        lock.symlink_to(outside / "target.txt")
+
+
+@settings(FUZZ, max_examples=examples(80))
+@given(layout=output_layouts())
+def test_inference_into_hostile_output_layouts(layout: dict, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Whatever the output folder already holds: the complete set of regular PNG files (links
+    replaced, never written through), or a clear error with the folder as it was; nothing outside
+    it changes; no lock or staging is left."""
+    import shutil
+
+    root = tmp_path / "case"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir()
+    pairs = _pairs_folder(root / "in")
+    out, outside = root / "out", root / "outside"
+    _make_layout(layout, out, outside)
+    CASES["output layout"] += 1
+    finished = layout["leftover"] == "publishing-staging" and layout["out"] != "file"
+    before = _tree_digest(out) if out.is_dir() else None
+    outside_before = _tree_digest(outside)
+    try:
+        run_inference(tiny_checkpoint, out, input_dir=pairs, device="cpu")
+    except (OutputError, OSError) as err:
+        assert str(out) in str(err), err
+        after = _tree_digest(out) if out.is_dir() else None
+        if finished:  # the killed run's set was completed first, then this run refused
+            after = {k: v for k, v in (after or {}).items() if k != "moved.txt"}
+            after = after or (None if before is None else {})
+        assert after == before
+    else:
+        for name in ("000.png", "001.png"):
+            p = out / name
+            assert p.is_file() and not p.is_symlink() and read_image(p).shape == (6, 6)
+        if finished:
+            assert (out / "moved.txt").is_file()
+    assert _tree_digest(outside) == outside_before
+    assert not (root / ".out.lock").exists()
+    assert layout["out"] == "file" or not (root / ".out.staging").exists()  # kept: OUT is in the way

@@ -15,22 +15,14 @@ from pipeline.colour import rgb_to_ycbcr
 from pipeline.inference import datalist_pairs, run_inference
 from pipeline.io import CheckpointError, ImageReadError
 from pipeline.pairing import find_pairs
-from pipeline.networks import FusionNet
+from conftest import fusion_checkpoint
 from tolerances import float32_network_atol
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A FusionNet state dict with non-trivial weights (an untrained net outputs ~0 everywhere)."""
-    torch.manual_seed(0)
-    net = FusionNet(widths=(4, 6, 6, 4))
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.weight.data.normal_(0, 0.3)
-            m.bias.data.fill_(0.05)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(net.state_dict(), path)
-    return path
+    return fusion_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", (4, 6, 6, 4))
 
 
 def _write(path: Path, arr: np.ndarray) -> None:
