@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,10 @@ import numpy as np
 
 from pipeline.baselines import METHODS, fuse_pair
 from pipeline.baselines.cli import collect_params
-from pipeline.io import read_pair, write_png
+from pipeline.io import read_image, read_pair, write_png
 
-__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "LOWER_IS_BETTER"]
+__all__ = ["add_arguments", "run", "run_benchmark", "score_entry", "BenchmarkResult", "LOWER_IS_BETTER",
+           "add_engine_arguments", "ray_options_from_args"]
 
 #: Metrics for which a smaller value is better (every other one: larger is better).
 LOWER_IS_BETTER = frozenset({"Q_CV", "RMSE", "CE", "seconds"})
@@ -263,6 +264,60 @@ def _log_mlflow(result: BenchmarkResult, table: dict, params: dict[str, Any], tr
     return run_id
 
 
+def score_entry(
+    entry: dict[str, Any],
+    methods: Sequence[str],
+    params: dict[str, dict[str, Any]],
+    out: str,
+    colour: str,
+    mixed_pairs: bool,
+    metric_names: Sequence[str],
+    scoring: dict[str, Any],
+    keep_fused: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """Fuse one datalist entry with each method, write the PNGs and score them: one row per method.
+
+    The unit of work of both engines (this process, or a Ray actor): the same entry gives the
+    same PNG bytes and the same metric values wherever it runs.
+
+    Args:
+        entry: a datalist entry (absolute image paths).
+        methods: the runnable methods.
+        params: method -> its keyword parameters.
+        out: the benchmark's output folder (PNGs go to ``out/fused/<method>/``).
+        colour: colour mode for PET/SPECT pairs.
+        mixed_pairs: the split mixes pair types (names get a ``<pair>/`` folder).
+        metric_names: the metric columns.
+        scoring: keyword arguments of :func:`pipeline.metrics.compute_metrics` (colour or convention).
+        keep_fused: also return the 8-bit fused images (for a figure).
+
+    Returns:
+        ``(rows, fused)``: the rows (``method, pair, case, slice, seconds`` and the metrics) and,
+        with ``keep_fused``, method -> ``uint8`` fused image (else ``None``).
+    """
+    from pipeline.metrics import compute_metrics
+
+    a8, b8 = read_pair(entry["image_a"], entry["image_b"])
+    a, b = a8 / 255.0, b8 / 255.0
+    rows: list[dict[str, Any]] = []
+    kept: dict[str, np.ndarray] = {}
+    for m in methods:
+        start = time.perf_counter()
+        fused = fuse_pair(m, a, b, colour=colour, **params[m])
+        seconds = time.perf_counter() - start
+        write_png(Path(out) / "fused" / m / _fused_name(entry, mixed_pairs), fused)
+        f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
+        scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
+                                 names=list(metric_names), nan_policy="warn", **scoring)
+        row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
+               "slice": int(entry["slice"]), "seconds": seconds}
+        row.update({k: float(scores[k]) for k in metric_names})
+        rows.append(row)
+        if keep_fused:
+            kept[m] = f8
+    return rows, (kept if keep_fused else None)
+
+
 def run_benchmark(
     datalist: str | os.PathLike,
     out: str | os.PathLike,
@@ -280,6 +335,8 @@ def run_benchmark(
     mlflow_logging: bool = True,
     progress: bool = True,
     convention: str = "project",
+    engine: str = "local",
+    ray_options: Any = None,
 ) -> BenchmarkResult:
     """Fuse every pair of a split with each method, score, summarise, draw and log.
 
@@ -302,20 +359,24 @@ def run_benchmark(
         progress: show a tqdm progress bar.
         convention: ``project`` (default), ``cddfuse`` or ``vifb``: whose columns and definitions
             score the fused images (:mod:`pipeline.metrics.conventions`).
+        engine: ``local`` (this process, pair after pair) or ``ray`` (Ray Data actors,
+            :mod:`pipeline.ray_engine`); both give the same files and metric values.
+        ray_options: a :class:`pipeline.ray_engine.RayOptions` or a dict of its fields (``ray``).
 
     Returns:
         a :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: unknown method names, convention or column names, no runnable method, or an
-            empty split.
+        ValueError: unknown method names, convention, column names or engine, no runnable method, or
+            an empty split.
+        ImportError: ``engine="ray"`` without Ray installed (the message says how to install it).
     """
     from pipeline.datalist import load_datalist
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    from pipeline.metrics import DEFAULT_METRICS, compute_metrics
+    from pipeline.metrics import DEFAULT_METRICS
     from pipeline.metrics.conventions import get_convention
 
     conv = get_convention(convention)
@@ -352,32 +413,32 @@ def run_benchmark(
     mixed_pairs = len({e.get("pair") for e in entries}) > 1
     figure_at = set(_figure_indices(len(entries), n_figures))
 
+    task = {"methods": runnable, "params": params, "out": str(out), "colour": colour, "mixed_pairs": mixed_pairs,
+            "metric_names": metric_names, "scoring": scoring}
+    if engine == "ray":
+        from pipeline.ray_engine import RayOptions, ray_benchmark_rows
+
+        options = ray_options if isinstance(ray_options, RayOptions) else RayOptions(**(ray_options or {}))
+        stream: Iterator[tuple[int, list[dict[str, Any]], dict[str, np.ndarray] | None]] = (
+            (i, rows, None) for i, rows in ray_benchmark_rows(entries, task, options))
+    elif engine == "local":
+        stream = ((i, *score_entry(e, keep_fused=i in figure_at, **task)) for i, e in enumerate(entries))
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(entries) * len(runnable), desc="benchmark", unit="fusion", disable=not progress)
     try:
-        for index, entry in enumerate(entries):
-            a8, b8 = read_pair(entry["image_a"], entry["image_b"])
-            a, b = a8 / 255.0, b8 / 255.0
-            fused_for_figure: dict[str, np.ndarray] = {}
-            for m in runnable:
-                bar.set_postfix_str(f"{m} {entry['case']}/{entry['slice']}")
-                start = time.perf_counter()
-                fused = fuse_pair(m, a, b, colour=colour, **params[m])
-                seconds = time.perf_counter() - start
-                target = out / "fused" / m / _fused_name(entry, mixed_pairs)
-                write_png(target, fused)
-                f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
-                scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
-                                         names=metric_names, nan_policy="warn", **scoring)
-                row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
-                       "slice": int(entry["slice"]), "seconds": seconds}
-                row.update({k: float(scores[k]) for k in metric_names})
-                result.rows.append(row)
-                if index in figure_at:
-                    fused_for_figure[m] = f8
-                bar.update(1)
+        for index, rows, fused_for_figure in stream:
+            result.rows.extend(rows)
+            bar.update(len(rows))
             if index in figure_at:
+                entry = entries[index]
+                if fused_for_figure is None:  # the Ray workers wrote them: read back exactly what they wrote
+                    fused_for_figure = {m: read_image(out / "fused" / m / _fused_name(entry, mixed_pairs))
+                                        for m in runnable}
+                a8, b8 = read_pair(entry["image_a"], entry["image_b"])
                 name = f"{entry.get('pair', 'pair')}_{entry['case']}_{int(entry['slice']):03d}.png"
                 path = out / "figures" / name
                 title = f"{entry.get('pair', '')} case {entry['case']} slice {int(entry['slice']):03d}"
@@ -433,6 +494,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", type=int, default=2, help="number of comparison figures")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_engine_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--engine`` options: this process, or Ray Data actors on a local instance or a cluster."""
+    g = parser.add_argument_group("engine (ray: pip install \"ssim-fusion[ray]\")")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data actors, same results")
+    g.add_argument("--ray-address", default=None,
+                   help="a Ray cluster (ray://host:10001 or auto; default: start a local instance)")
+    g.add_argument("--ray-workers", type=int, default=2, help="actors at once (default 2)")
+    g.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default 1)")
+    g.add_argument("--ray-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0)")
+    g.add_argument("--ray-batch-size", type=int, default=8, help="pairs per Ray batch (default 8)")
+
+
+def ray_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`pipeline.ray_engine.RayOptions` fields from :func:`add_engine_arguments` options."""
+    return {"address": args.ray_address, "workers": args.ray_workers, "cpus_per_worker": args.ray_cpus_per_worker,
+            "gpus_per_worker": args.ray_gpus_per_worker, "batch_size": args.ray_batch_size}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -442,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=_split_list(args.metrics) or None, colour=args.colour, checkpoint=args.checkpoint,
         lpcnn_weights=args.lpcnn_weights, device=args.device, tracking_uri=args.tracking_uri,
         experiment=args.experiment, n_figures=args.figures, limit=args.limit, mlflow_logging=not args.no_mlflow,
-        convention=args.convention,
+        convention=args.convention, engine=args.engine, ray_options=ray_options_from_args(args),
     )
     print((result.out / "summary.md").read_text())
     print(f"results: {result.out / 'results.csv'}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))

@@ -68,6 +68,10 @@ def run_inference(
     widths: Sequence[int] | None = None,
     amp: bool = False,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int = 2,
+    ray_gpus_per_worker: float = 0.0,
 ) -> list[Path]:
     """Fuse every pair of ``input_dir`` (or of a datalist split) and write 8-bit PNGs to ``output_dir``.
 
@@ -82,6 +86,11 @@ def run_inference(
         widths: expected network widths (``None``: read from the checkpoint).
         amp: float16 autocast on CUDA.
         batch_size: pairs of one size per forward pass.
+        engine: ``local`` (this process) or ``ray`` (Ray Data actors holding the network,
+            :func:`pipeline.ray_engine.ray_inference`: the same PNG bytes).
+        ray_address: the Ray cluster for ``engine="ray"`` (``None``: a local instance).
+        ray_workers: Ray actors at once.
+        ray_gpus_per_worker: GPUs reserved per Ray actor.
 
     Returns:
         the written files, in pair order.
@@ -96,6 +105,14 @@ def run_inference(
     pairs = find_pairs(input_dir, subdirs) if input_dir is not None else datalist_pairs(datalist, split)
     if not pairs:
         raise ValueError(f"{datalist}: split {split!r} has no pairs")
+    if engine != "local":
+        from pipeline.ray_engine import RayOptions, ray_inference
+
+        if engine != "ray":
+            raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+        options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker)
+        return ray_inference(pairs, ckpt_path, output_dir, device=device, widths=widths, amp=amp,
+                             batch_size=batch_size, options=options)
     fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
                      batch_size=batch_size)
     decoded = [(name, *read_pair(pa, pb)) for name, pa, pb in pairs]  # check all before writing any
