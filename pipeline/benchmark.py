@@ -508,12 +508,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default 1)")
     g.add_argument("--ray-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0)")
     g.add_argument("--ray-batch-size", type=int, default=8, help="pairs per Ray batch (default 8)")
+    g.add_argument("--ray-threads-per-worker", type=int, default=None,
+                   help="torch threads per actor (default: this process's, for bit-identical results)")
 
 
 def ray_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`pipeline.ray_engine.RayOptions` fields from :func:`add_engine_arguments` options."""
     return {"address": args.ray_address, "workers": args.ray_workers, "cpus_per_worker": args.ray_cpus_per_worker,
-            "gpus_per_worker": args.ray_gpus_per_worker, "batch_size": args.ray_batch_size}
+            "gpus_per_worker": args.ray_gpus_per_worker, "batch_size": args.ray_batch_size,
+            "threads_per_worker": args.ray_threads_per_worker}
 
 
 def run(args: argparse.Namespace) -> int:

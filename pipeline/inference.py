@@ -72,6 +72,7 @@ def run_inference(
     ray_address: str | None = None,
     ray_workers: int = 2,
     ray_gpus_per_worker: float = 0.0,
+    ray_threads_per_worker: int | None = None,
 ) -> list[Path]:
     """Fuse every pair of ``input_dir`` (or of a datalist split) and write 8-bit PNGs to ``output_dir``.
 
@@ -91,6 +92,8 @@ def run_inference(
         ray_address: the Ray cluster for ``engine="ray"`` (``None``: a local instance).
         ray_workers: Ray actors at once.
         ray_gpus_per_worker: GPUs reserved per Ray actor.
+        ray_threads_per_worker: torch threads per Ray actor (``None``: this process's, so that the
+            PNGs are byte-identical to the local engine's).
 
     Returns:
         the written files, in pair order.
@@ -110,7 +113,8 @@ def run_inference(
 
         if engine != "ray":
             raise ValueError(f"unknown engine {engine!r}; choose local or ray")
-        options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker)
+        options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
+                             threads_per_worker=ray_threads_per_worker)
         return ray_inference(pairs, ckpt_path, output_dir, device=device, widths=widths, amp=amp,
                              batch_size=batch_size, options=options)
     fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,

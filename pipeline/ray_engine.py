@@ -4,11 +4,17 @@
 ray``) runs the same per-pair work as the single-process path, on a Ray Data pipeline:
 ``ray.data.from_items`` of the pairs' *paths* (small rows: nothing is decoded on the driver), then
 ``map_batches`` with an actor class that holds the network (loaded once per actor) and decodes,
-fuses, writes and scores its batch. ``workers`` actors run at once (``concurrency``), each with
-``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs reserved (Ray then sets the actor's thread
-count and visible devices). The output order is the input order (``preserve_order``), and the
-results are those of the single-process path: the same PNG bytes and the same metric values
-(only the measured ``seconds`` differ). Memory stays flat in the number of pairs on the driver
+fuses, writes and scores its batch. ``workers`` actors run at once (the concurrency: an
+``ActorPoolStrategy`` of that size, what ``concurrency=`` asked for before Ray 2.51), each with
+``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs reserved (Ray sets the visible devices). The
+output order is the input order (``preserve_order``), and the results are those of the
+single-process path: the same PNG bytes and the same metric values (only the measured
+``seconds`` differ). For that, each actor runs torch with the driver's thread count
+(``torch.get_num_threads()``) unless ``threads_per_worker`` says otherwise: oneDNN's CPU
+convolutions round the last bit of a float differently at different thread counts, which turns
+an 8-bit output value by one in a few pixels per 256x256 image. ``threads_per_worker=1`` with
+one CPU per actor is the faster choice on a busy machine, identical to a single process run
+with ``torch.set_num_threads(1)``. Memory stays flat in the number of pairs on the driver
 and on each worker: rows stream through in batches.
 
 Ray is an optional extra (``pip install "ssim-fusion[ray]"``, i.e. ``ray[data]>=2.9``): it is
@@ -57,10 +63,12 @@ class RayOptions:
     Attributes:
         address: a Ray cluster's address (``ray://host:10001``, ``auto``); ``None`` starts a local
             instance.
-        workers: actors running at once (``map_batches``' ``concurrency``).
+        workers: actors running at once (the size of ``map_batches``' actor pool).
         cpus_per_worker: CPUs reserved per actor (``num_cpus``; also its torch thread count).
         gpus_per_worker: GPUs reserved per actor (``num_gpus``; 0 runs on the CPU).
         batch_size: pairs per ``map_batches`` batch.
+        threads_per_worker: torch threads per actor; ``None``: the driver's ``torch.get_num_threads()``
+            (the single-process path's, so that the fused values are bit-identical to it).
     """
 
     address: str | None = None
@@ -68,6 +76,15 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     batch_size: int = 8
+    threads_per_worker: int | None = None
+
+    def threads(self) -> int:
+        """The torch thread count each actor sets."""
+        if self.threads_per_worker is not None:
+            return max(1, int(self.threads_per_worker))
+        import torch
+
+        return torch.get_num_threads()
 
     def __post_init__(self) -> None:
         if int(self.workers) < 1 or int(self.batch_size) < 1:
@@ -139,8 +156,9 @@ def ray_session(options: RayOptions) -> Iterator[ModuleType]:
             ray.shutdown()
 
 
-def _map_kwargs(options: RayOptions) -> dict[str, Any]:
-    return {"batch_size": int(options.batch_size), "concurrency": int(options.workers),
+def _map_kwargs(ray: ModuleType, options: RayOptions) -> dict[str, Any]:
+    """``map_batches`` arguments of an actor pool: its size (the concurrency) and each actor's resources."""
+    return {"batch_size": int(options.batch_size), "compute": ray.data.ActorPoolStrategy(size=int(options.workers)),
             "num_cpus": float(options.cpus_per_worker), "num_gpus": float(options.gpus_per_worker)}
 
 
@@ -162,8 +180,10 @@ class _InferenceActor:
     """A Ray actor holding one :class:`pipeline.baselines.cnn.CNNFuser`: decode, fuse, write a batch."""
 
     def __init__(self, ckpt_path: str, output_dir: str, device: str | None, widths: Sequence[int] | None,
-                 amp: bool, batch_size: int | None) -> None:
+                 amp: bool, batch_size: int | None, threads: int) -> None:
         import torch
+
+        torch.set_num_threads(threads)
 
         from pipeline.baselines.cnn import CNNFuser
         from pipeline.checkpoint import load_fusion_network
@@ -245,8 +265,9 @@ def ray_inference(
         fused = ds.map_batches(
             _InferenceActor, fn_constructor_kwargs={
                 "ckpt_path": str(Path(ckpt_path).resolve()), "output_dir": str(Path(output_dir).resolve()),
-                "device": device, "widths": widths, "amp": amp, "batch_size": batch_size},
-            **_map_kwargs(options))
+                "device": device, "widths": widths, "amp": amp, "batch_size": batch_size,
+                "threads": options.threads()},
+            **_map_kwargs(ray, options))
         written = [Path(output_dir) / f"{items[int(row['index'])]['name']}.png" for row in fused.iter_rows()]
     return written
 
@@ -254,7 +275,10 @@ def ray_inference(
 class _BenchmarkActor:
     """A Ray actor that fuses, writes and scores its batch of datalist entries with every method."""
 
-    def __init__(self, task: dict[str, Any]) -> None:
+    def __init__(self, task: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
         self.task = task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -288,6 +312,7 @@ def ray_benchmark_rows(entries: Sequence[dict[str, Any]], task: dict[str, Any],
     items = [{"index": i, "entry": json.dumps(e)} for i, e in enumerate(entries)]
     with ray_session(options) as ray:
         ds = ray.data.from_items(items).map_batches(
-            _BenchmarkActor, fn_constructor_kwargs={"task": task}, **_map_kwargs(options))
+            _BenchmarkActor, fn_constructor_kwargs={"task": task, "threads": options.threads()},
+            **_map_kwargs(ray, options))
         for row in ds.iter_rows():
             yield int(row["index"]), json.loads(str(row["rows"]))

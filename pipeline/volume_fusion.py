@@ -107,9 +107,15 @@ def _slice_fuser(method: str, checkpoint: str | os.PathLike | None, device: str 
         from pipeline.baselines.cnn import DEFAULT_CHECKPOINT, CNNFuser
         from pipeline.checkpoint import load_fusion_network
 
+        import torch
+
         fuser = CNNFuser(load_fusion_network(checkpoint or params.get("checkpoint") or DEFAULT_CHECKPOINT,
                                              device=device or params.get("device")),
                          amp=amp, batch_size=batch_size or VOLUME_BATCH_SIZE)
+        for module in fuser.runner.modules():
+            # in place on the inference copy: the same values, one activation tensor less per layer
+            if isinstance(module, torch.nn.LeakyReLU):
+                module.inplace = True
         return fuser.fuse_gray_batch
     from pipeline.baselines import fuse_pair
 

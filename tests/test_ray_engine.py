@@ -20,7 +20,7 @@ from pipeline.resources import shipped_checkpoint
 ray = pytest.importorskip("ray")
 
 N_PAIRS = 6
-SIZE = 48
+SIZE = 128
 
 
 @pytest.fixture(scope="module")
