@@ -11,7 +11,9 @@ round with each engine, interleaved: ``local`` (this process, torch's default th
 running torch with this process's thread count (the default: byte-identical PNGs), and ``ray-1t``,
 the same actors with one torch thread each.
 The Ray instance is started before the rounds (not timed); each Ray round includes its actors'
-start (importing torch and loading the network). It counts the PNGs each Ray variant wrote that differ from the local engine's, and prints the best pairs/s of ``--repeat`` rounds with the load average (on a shared
+start (importing torch and loading the network). It counts the PNGs each Ray variant wrote that
+differ from the local engine's, and prints the best pairs/s of ``--repeat`` rounds with the load
+average (on a shared
 machine the figures move with the other processes' load). Needs the ``ray`` extra.
 """
 
@@ -67,12 +69,15 @@ def main() -> int:
         root = Path(tmp)
         write_pairs(root / "pairs", args.pairs, args.size)
         for k in range(args.repeat):
-            for variant, engine, threads in (("local", "local", None), ("ray", "ray", None), ("ray-1t", "ray", 1)):
+            variants = (("local", "local", None), ("ray", "ray", None), ("ray-1t", "ray", 1))
+            for variant, engine, threads in variants:
                 start = time.perf_counter()
                 run_inference(ckpt, root / f"{variant}{k}", input_dir=root / "pairs", subdirs=["CT", "MRI"],
-                              device="cpu", engine=engine, ray_workers=args.workers, ray_threads_per_worker=threads)
+                              device="cpu", engine=engine, ray_workers=args.workers,
+                              ray_threads_per_worker=threads)
                 best[variant] = max(best.get(variant, 0.0), args.pairs / (time.perf_counter() - start))
-        differ = {v: sum((root / "local0" / p.name).read_bytes() != p.read_bytes() for p in (root / f"{v}0").glob("*.png"))
+        differ = {v: sum((root / "local0" / p.name).read_bytes() != p.read_bytes()
+                         for p in (root / f"{v}0").glob("*.png"))
                   for v in ("ray", "ray-1t")}
     ray.shutdown()
     info = {"pairs": args.pairs, "size": args.size, "workers": args.workers, "rounds": args.repeat,
@@ -85,7 +90,8 @@ def main() -> int:
         print(f"{args.pairs} pairs of {args.size}x{args.size}, shipped model, best of {args.repeat} rounds, "
               f"{info['cpu_count']} CPUs, load average {info['load_average']}:")
         print(f"  local (1 process, {info['torch_threads']} threads): {best['local']:.2f} pairs/s")
-        print(f"  ray ({args.workers} actors, {info['torch_threads']} threads each): {best['ray']:.2f} pairs/s, "
+        print(f"  ray ({args.workers} actors, {info['torch_threads']} threads each): "
+              f"{best['ray']:.2f} pairs/s, "
               f"{differ['ray']} PNGs differ from local")
         print(f"  ray-1t ({args.workers} actors, 1 thread each): {best['ray-1t']:.2f} pairs/s, "
               f"{differ['ray-1t']} PNGs differ from local")

@@ -73,7 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 180), metavar=("X", "Y", "Z"))
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds per batch size (default 3)")
-    parser.add_argument("--batch-sizes", default="8", help="comma-separated slices per forward pass (default 8)")
+    parser.add_argument("--batch-sizes", default="8",
+                        help="comma-separated slices per forward pass (default 8)")
     parser.add_argument("--same-grid", action="store_true", help="B on A's grid (no resampling)")
     parser.add_argument("--register", action="store_true", help="time the rigid registration too")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -115,7 +116,8 @@ def main() -> int:
         return 0
     print(f"fuse_volumes {'x'.join(map(str, shape))} (B {'on A grid' if args.same_grid else 'resampled'}"
           f"{', registered' if args.register else ''}), shipped model, {args.device}, "
-          f"{info['torch_threads']} torch threads, {info['cpu_count']} CPUs, load average {info['load_average']}")
+          f"{info['torch_threads']} torch threads, {info['cpu_count']} CPUs, "
+          f"load average {info['load_average']}")
     for r in results:
         print(f"  batch {r['batch_size']:>3}: best {r['best_s']:.2f} s, median {r['median_s']:.2f} s of "
               f"{r['rounds']}, CPU time of the best {r['cpu_s_of_best']:.2f} s")

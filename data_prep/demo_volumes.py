@@ -69,8 +69,10 @@ class VolumeGrid:
         """The 4x4 voxel -> RAS world affine of this grid (NIfTI's convention)."""
         rx, ry, rz = np.deg2rad(self.rotation_deg)
         cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
-        rot = (np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-               @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]))
+        about_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        about_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        rot = about_z @ about_y @ about_x
         linear = rot @ np.asarray(self.axes, dtype=np.float64).T @ np.diag(self.spacing)
         out = np.eye(4)
         out[:3, :3] = linear

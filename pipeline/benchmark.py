@@ -413,8 +413,8 @@ def run_benchmark(
     mixed_pairs = len({e.get("pair") for e in entries}) > 1
     figure_at = set(_figure_indices(len(entries), n_figures))
 
-    task = {"methods": runnable, "params": params, "out": str(out), "colour": colour, "mixed_pairs": mixed_pairs,
-            "metric_names": metric_names, "scoring": scoring}
+    task = {"methods": runnable, "params": params, "out": str(out), "colour": colour,
+            "mixed_pairs": mixed_pairs, "metric_names": metric_names, "scoring": scoring}
     if engine == "ray":
         from pipeline.ray_engine import RayOptions, ray_benchmark_rows
 
@@ -514,8 +514,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ray_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`pipeline.ray_engine.RayOptions` fields from :func:`add_engine_arguments` options."""
-    return {"address": args.ray_address, "workers": args.ray_workers, "cpus_per_worker": args.ray_cpus_per_worker,
-            "gpus_per_worker": args.ray_gpus_per_worker, "batch_size": args.ray_batch_size,
+    return {"address": args.ray_address, "workers": args.ray_workers,
+            "cpus_per_worker": args.ray_cpus_per_worker, "gpus_per_worker": args.ray_gpus_per_worker,
+            "batch_size": args.ray_batch_size,
             "threads_per_worker": args.ray_threads_per_worker}
 
 

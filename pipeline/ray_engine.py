@@ -79,7 +79,11 @@ class RayOptions:
     threads_per_worker: int | None = None
 
     def threads(self) -> int:
-        """The torch thread count each actor sets."""
+        """The torch thread count each actor sets.
+
+        Returns:
+            ``threads_per_worker``, or the driver's ``torch.get_num_threads()`` when it is ``None``.
+        """
         if self.threads_per_worker is not None:
             return max(1, int(self.threads_per_worker))
         import torch
@@ -158,7 +162,8 @@ def ray_session(options: RayOptions) -> Iterator[ModuleType]:
 
 def _map_kwargs(ray: ModuleType, options: RayOptions) -> dict[str, Any]:
     """``map_batches`` arguments of an actor pool: its size (the concurrency) and each actor's resources."""
-    return {"batch_size": int(options.batch_size), "compute": ray.data.ActorPoolStrategy(size=int(options.workers)),
+    return {"batch_size": int(options.batch_size),
+            "compute": ray.data.ActorPoolStrategy(size=int(options.workers)),
             "num_cpus": float(options.cpus_per_worker), "num_gpus": float(options.gpus_per_worker)}
 
 
@@ -209,7 +214,16 @@ class _InferenceActor:
 
 
 def _raise_first_error(ray: ModuleType, ds: Any, options: RayOptions) -> None:
-    """Decode every pair on the workers first; raise the first failure (in pair order) as the local path does."""
+    """Decode every pair on the workers first; raise the first failure (in pair order) as locally.
+
+    Args:
+        ray: the initialised ``ray`` module.
+        ds: the dataset of pair rows.
+        options: the engine options (the CPUs each check task takes).
+
+    Raises:
+        pipeline.io.ImageReadError: the first pair that cannot be decoded.
+    """
     from pipeline.io import ImageReadError
 
     checked = ds.map_batches(_check_batch, batch_size=max(16, int(options.batch_size)),
@@ -230,7 +244,7 @@ def ray_inference(
     batch_size: int | None = None,
     options: RayOptions | None = None,
 ) -> list[Path]:
-    """Fuse named pairs on Ray Data and write ``output_dir/<name>.png``, as :func:`pipeline.inference.run_inference`.
+    """Fuse named pairs on Ray Data into ``output_dir/<name>.png``, as ``run_inference`` does.
 
     Every pair is decoded (on the workers) and checked before any PNG is written, as on the
     single-process path.
@@ -257,8 +271,8 @@ def ray_inference(
 
     options = options or RayOptions()
     load_fusion_network(ckpt_path, device="cpu", widths=widths)  # a bad checkpoint fails here, once
-    items = [{"index": i, "name": name, "image_a": str(Path(pa).resolve()), "image_b": str(Path(pb).resolve())}
-             for i, (name, pa, pb) in enumerate(pairs)]
+    items = [{"index": i, "name": name, "image_a": str(Path(pa).resolve()),
+              "image_b": str(Path(pb).resolve())} for i, (name, pa, pb) in enumerate(pairs)]
     with ray_session(options) as ray:
         ds = ray.data.from_items(items)
         _raise_first_error(ray, ds, options)

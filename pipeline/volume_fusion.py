@@ -100,8 +100,11 @@ def _quantise(unit: np.ndarray) -> np.ndarray:
     return (np.rint(unit * np.float32(255.0)) / np.float32(255.0)).astype(np.float32)
 
 
+StackFuser = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def _slice_fuser(method: str, checkpoint: str | os.PathLike | None, device: str | None, amp: bool,
-                 batch_size: int | None, params: dict[str, Any]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+                 batch_size: int | None, params: dict[str, Any]) -> StackFuser:
     """A function fusing ``(N, H, W)`` stacks in [0, 1] into ``(N, H, W)`` float in [0, 1]."""
     if method == "cnn":
         from pipeline.baselines.cnn import DEFAULT_CHECKPOINT, CNNFuser
@@ -401,8 +404,8 @@ def fuse_volumes(
     aligned = align_pair(path_a, path_b, register=register, nan_as_zero=nan_as_zero)
     fused, unit_a, unit_b = fuse_aligned(aligned, fuse_stack, modality_a, modality_b, window, percentiles)
     native = orient_like(fused, aligned.a, aligned.a_native)
-    result = VolumeFusionResult(nifti=output, shape=tuple(native.GetSize()),
-                                report={k: v for k, v in aligned.report.items() if k not in ("path_a", "path_b")})
+    report = {k: v for k, v in aligned.report.items() if k not in ("path_a", "path_b")}
+    result = VolumeFusionResult(nifti=output, shape=tuple(native.GetSize()), report=report)
     if dicom is not None:
         oriented = sitk.GetImageFromArray(fused)
         oriented.CopyInformation(aligned.a)
@@ -433,8 +436,8 @@ def run_fuse_volumes(args: argparse.Namespace, params: dict[str, Any]) -> int:
         register=args.register, nan_as_zero=args.nan_as_zero, dicom_dir=args.dicom_out, figure=args.figure,
         batch_size=args.batch_size, overwrite=args.overwrite, params=params)
     x, y, z = result.shape
-    extra = " (B resampled onto A's grid)" if result.report.get("resampled") else ""
-    print(f"{args.method}: wrote {result.nifti} ({x}x{y}x{z} on A's grid{extra}, {result.seconds:.2f} s)"
+    extra = ", B resampled onto it" if result.report.get("resampled") else ""
+    print(f"{args.method}: wrote {result.nifti} ({x}x{y}x{z}, on A's grid{extra}; {result.seconds:.2f} s)"
           + (f"; DICOM series {result.dicom}" if result.dicom else "")
           + (f"; figure {result.figure}" if result.figure else ""))
     return 0

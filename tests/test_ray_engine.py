@@ -40,7 +40,8 @@ def pairs(tmp_path_factory) -> Path:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     entries = []
     for k in range(N_PAIRS):
-        ct = np.clip(np.exp(-((xx - rng.uniform(.3, .7)) ** 2 + (yy - .5) ** 2) / .02) + rng.normal(0, .02, xx.shape), 0, 1)
+        blob = np.exp(-((xx - rng.uniform(.3, .7)) ** 2 + (yy - .5) ** 2) / .02)
+        ct = np.clip(blob + rng.normal(0, .02, xx.shape), 0, 1)
         mr = np.clip(0.6 * np.sin(6 * xx + k) ** 2 + rng.normal(0, .05, xx.shape), 0, 1)
         for mod, img in (("CT", ct), ("MRI", mr)):
             write_png(root / mod / f"c{k}_{k:03d}.png", img)

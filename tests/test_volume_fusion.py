@@ -165,7 +165,8 @@ def two_series(tmp_path: Path, affine: np.ndarray) -> Path:
 def test_bad_input_is_named_and_nothing_is_written(pair, tmp_path: Path, make_b, message: str) -> None:
     a, _, affine = pair
     b = make_b(tmp_path, affine)
-    out, dicom, figure = tmp_path / "out" / "fused.nii.gz", tmp_path / "out" / "dicom", tmp_path / "out" / "f.png"
+    folder = tmp_path / "out"
+    out, dicom, figure = folder / "fused.nii.gz", folder / "dicom", folder / "f.png"
     with pytest.raises(VolumeError, match=message) as err:
         fuse_volumes(a, b, out, method="wa", dicom_dir=dicom, figure=figure)
     assert b.name in str(err.value)

@@ -102,8 +102,8 @@ def collect_params(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipeline fuse``."""
     parser.add_argument("--method", required=True, choices=METHODS, help="fusion method")
-    parser.add_argument("image_a", help="first source (a PET/SPECT colour image or a gray slice), or volume A "
-                                        "(NIfTI, DICOM series folder, MHA, NRRD)")
+    parser.add_argument("image_a", help="first source (a PET/SPECT colour image or a gray slice), or "
+                                        "volume A (NIfTI, DICOM series folder, MHA, NRRD)")
     parser.add_argument("image_b", help="second source, registered to the first (same size), or volume B")
     parser.add_argument("output", help="fused image to write (8-bit PNG), or fused volume (.nii.gz)")
     parser.add_argument("--colour", choices=COLOUR_MODES, default="ycbcr",
@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that apply when the two sources are volumes (the intensity rules of ``data_prep volumes``)."""
+    """The options that apply when the two sources are volumes (``data_prep volumes``'s intensity rules)."""
     from pipeline.volumes import CT_WINDOWS, DEFAULT_PERCENTILES, parse_window
 
     g = parser.add_argument_group("volumes (A and B are NIfTI, DICOM series folders, MHA or NRRD)")
@@ -134,10 +134,12 @@ def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
                    help="percentiles mapped to 0 and 1 for MRI/PET/SPECT (default 0.5 99.5)")
     g.add_argument("--nan-as-zero", action="store_true",
                    help="treat NaN/Inf voxels as 0 with a warning (default: refuse the volume)")
-    g.add_argument("--dicom-out", default=None, metavar="DIR", help="also write the fused volume as a DICOM series")
+    g.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write the fused volume as a DICOM series")
     g.add_argument("--figure", default=None, metavar="PNG",
                    help="also draw the axial, coronal and sagittal mid-planes of A, B and the fusion")
-    g.add_argument("--batch-size", type=int, default=None, help="axial slices per forward pass (cnn; default 8)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="axial slices per forward pass (cnn; default 8)")
     g.add_argument("--overwrite", action="store_true", help="replace existing volume outputs")
 
 
