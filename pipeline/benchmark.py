@@ -373,6 +373,8 @@ def run_benchmark(
     """
     from pipeline.datalist import load_datalist
 
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -421,10 +423,8 @@ def run_benchmark(
         options = ray_options if isinstance(ray_options, RayOptions) else RayOptions(**(ray_options or {}))
         stream: Iterator[tuple[int, list[dict[str, Any]], dict[str, np.ndarray] | None]] = (
             (i, rows, None) for i, rows in ray_benchmark_rows(entries, task, options))
-    elif engine == "local":
-        stream = ((i, *score_entry(e, keep_fused=i in figure_at, **task)) for i, e in enumerate(entries))
     else:
-        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+        stream = ((i, *score_entry(e, keep_fused=i in figure_at, **task)) for i, e in enumerate(entries))
 
     from tqdm.auto import tqdm
 

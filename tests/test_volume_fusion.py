@@ -196,3 +196,14 @@ def test_bundle_inference_fuses_volumes(pair, tmp_path: Path) -> None:
     fused = nib.load(str(tmp_path / "out" / "fused.nii.gz"))
     assert fused.shape == SHAPE
     np.testing.assert_allclose(fused.affine, affine, atol=1e-5)
+
+
+def test_demo_volume_grids_are_scanner_like() -> None:
+    from data_prep.demo_volumes import CT_GRID, MR_GRID
+
+    ct, mr = CT_GRID.affine(), MR_GRID.affine()
+    centre = (np.array(CT_GRID.shape) - 1) / 2
+    np.testing.assert_allclose((ct @ [*centre, 1.0])[:3], CT_GRID.centre, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(ct[:3, :3], axis=0), CT_GRID.spacing)
+    assert np.linalg.det(ct[:3, :3]) < 0 < np.linalg.det(mr[:3, :3])  # LAS vs RAS storage
+    assert abs(ct[2, 1]) > 0.1  # the gantry tilt: the second axis climbs
