@@ -521,7 +521,15 @@ def ray_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the summary; returns 0 on success."""
+    """Run the benchmark and print the summary; returns 0 on success (2: ``--engine ray`` without Ray)."""
+    if args.engine == "ray":
+        from pipeline.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:  # before any work: one line that says how to install it
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     result = run_benchmark(
         args.datalist, args.out, split=args.split, methods=_split_list(args.methods),
         metrics=_split_list(args.metrics) or None, colour=args.colour, checkpoint=args.checkpoint,
