@@ -121,6 +121,9 @@ def test_dicom_in_and_dicom_out_keep_the_geometry(tmp_path: Path) -> None:
     np.testing.assert_allclose(fused.GetSpacing(), a.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(fused.GetOrigin(), a.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(fused.GetDirection(), a.GetDirection(), atol=1e-5)
+    for ijk in [(0, 0, 0), (31, 39, 11), (7, 20, 4)]:  # a voxel of A is the same world point in the output
+        np.testing.assert_allclose(fused.TransformIndexToPhysicalPoint(ijk),
+                                   a.TransformIndexToPhysicalPoint(ijk), atol=1e-4)
     back = load_volume(dicom)
     assert back.GetSize() == a.GetSize()
     np.testing.assert_allclose(back.GetOrigin(), a.GetOrigin(), atol=1e-3)
