@@ -183,7 +183,15 @@ def _temporary_beside(target: Path, suffix: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
+    _usual_mode(Path(name))
     return Path(name)
+
+
+def _usual_mode(path: Path) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` path (created private: 0600, 0700) the mode ``open`` would give it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_nifti(image: sitk.Image, path: str | os.PathLike) -> Path:
@@ -249,6 +257,7 @@ def write_dicom_series(image: sitk.Image, folder: str | os.PathLike, series_desc
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    _usual_mode(staging)
     try:
         img = sitk.Cast(image, sitk.sitkUInt16)
         d = img.GetDirection()

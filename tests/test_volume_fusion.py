@@ -6,6 +6,7 @@ stored with a flipped first axis.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -182,6 +183,9 @@ def test_cli_fuses_volumes_and_reports_bad_ones(pair, tmp_path: Path, capsys) ->
     assert main(["fuse", "--method", "wa", str(a), str(b), str(out), "--figure", str(figure)]) == 0
     assert "on A's grid" in capsys.readouterr().out
     assert figure.stat().st_size > 1000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of a temporary file
     assert main(["fuse", "--method", "wa", str(a), str(b), str(out)]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err
     bad = nan_voxel(tmp_path, affine)
