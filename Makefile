@@ -9,7 +9,7 @@ DEMO_EPOCHS ?= 40
 # MONAI warns on every run that a config executes code; these are the project's own configs
 BUNDLE_RUN := $(BIN)/python -W "ignore:parsing config_file:UserWarning" -m monai.bundle run
 
-.PHONY: install demo test mlflow-ui clean-demo
+.PHONY: install demo demo-volume test mlflow-ui clean-demo
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ demo: install
 		--ckpt_path $(DEMO)/train/models/model.pt \
 		--input_dir $(DEMO)/data/CT-MRI --output_dir $(DEMO)/fused
 	@echo "fused images: $(DEMO)/fused    runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO)/train/mlruns.db"
+
+# the 3D phantom: a CT-like and an MR-like volume on their own grids, fused whole by the shipped model
+demo-volume: install
+	$(BIN)/python -m data_prep demo-volumes $(DEMO)/volumes --overwrite
+	$(BIN)/python -m pipeline fuse --method cnn $(DEMO)/volumes/ct.nii.gz $(DEMO)/volumes/mr.nii.gz \
+		$(DEMO)/volumes/fused.nii.gz --figure $(DEMO)/volumes/fused.png --overwrite
+	@echo "fused volume: $(DEMO)/volumes/fused.nii.gz (on ct.nii.gz's grid)    figure: $(DEMO)/volumes/fused.png"
 
 test: install
 	$(BIN)/python -m pytest -n auto

@@ -20,6 +20,7 @@ COMMANDS = {
     "download-harvard": ("data_prep.download", "fetch the atlas's per-slice GIFs over HTTP (resumable)"),
     "volumes": ("data_prep.volumes", "two registered (or registrable) 3D volumes: NIfTI, DICOM, MHA, NRRD"),
     "demo": ("data_prep.demo", "the built-in synthetic phantom (for trying the pipeline, not for clinical use)"),
+    "demo-volumes": ("data_prep.demo_volumes", "the synthetic phantom as a 3D CT-like / MR-like volume pair"),
 }
 
 

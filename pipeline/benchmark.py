@@ -43,7 +43,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,11 @@ import numpy as np
 
 from pipeline.baselines import METHODS, fuse_pair
 from pipeline.baselines.cli import collect_params
-from pipeline.io import read_pair, write_png
-from pipeline.outputs import StagedOutput, check_name, check_slice
+from pipeline.io import read_image, read_pair, write_png
+from pipeline.outputs import StagedOutput, check_name, check_slice, output_path
 
-__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "lower_is_better"]
+__all__ = ["add_arguments", "run", "run_benchmark", "score_entry", "BenchmarkResult", "lower_is_better",
+           "definitions", "add_engine_arguments", "ray_options_from_args"]
 
 DEFAULT_METHODS = ",".join(METHODS)
 
@@ -341,6 +342,62 @@ def _log_mlflow(result: BenchmarkResult, table: dict, params: dict[str, Any], tr
     return run_id
 
 
+def score_entry(
+    entry: dict[str, Any],
+    methods: Sequence[str],
+    params: dict[str, dict[str, Any]],
+    out: str,
+    colour: str,
+    mixed_pairs: bool,
+    metric_names: Sequence[str],
+    scoring: dict[str, Any],
+    keep_fused: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """Fuse one datalist entry with each method, write the PNGs and score them: one row per method.
+
+    The unit of work of both engines (this process, or a Ray actor): the same entry gives the
+    same PNG bytes and the same metric values wherever it runs.
+
+    Args:
+        entry: a datalist entry (absolute image paths).
+        methods: the runnable methods.
+        params: method -> its keyword parameters.
+        out: the benchmark's output folder (PNGs go to ``out/fused/<method>/``).
+        colour: colour mode for PET/SPECT pairs.
+        mixed_pairs: the split mixes pair types (names get a ``<pair>/`` folder).
+        metric_names: the metric columns.
+        scoring: keyword arguments of :func:`pipeline.metrics.compute_metrics` (colour or convention).
+        keep_fused: also return the 8-bit fused images (for a figure).
+
+    Returns:
+        ``(rows, fused)``: the rows (``method, pair, case, slice, seconds`` and the metrics) and,
+        with ``keep_fused``, method -> ``uint8`` fused image (else ``None``).
+    """
+    from pipeline.metrics import compute_metrics
+
+    parts = _name_parts(entry, "datalist", 0)  # checked by run_benchmark already; cheap, and on the worker
+    a8, b8 = read_pair(entry["image_a"], entry["image_b"])
+    a, b = a8 / 255.0, b8 / 255.0
+    rows: list[dict[str, Any]] = []
+    kept: dict[str, np.ndarray] = {}
+    for m in methods:
+        start = time.perf_counter()
+        fused = fuse_pair(m, a, b, colour=colour, **params[m])
+        seconds = time.perf_counter() - start
+        target = output_path(Path(out), "fused", m, *_fused_name(parts, mixed_pairs), suffix=".png")
+        write_png(target, fused, durable=False)  # synced once, when the set is published
+        f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
+        scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
+                                 names=list(metric_names), nan_policy="warn", **scoring)
+        row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
+               "slice": int(entry["slice"]), "seconds": seconds}
+        row.update({k: float(scores[k]) for k in metric_names})
+        rows.append(row)
+        if keep_fused:
+            kept[m] = f8
+    return rows, (kept if keep_fused else None)
+
+
 def run_benchmark(
     datalist: str | os.PathLike,
     out: str | os.PathLike,
@@ -359,6 +416,8 @@ def run_benchmark(
     progress: bool = True,
     convention: str = "project",
     tracking_timeout: float = 5.0,
+    engine: str = "local",
+    ray_options: Any = None,
 ) -> BenchmarkResult:
     """Fuse every pair of a split with each method, score, summarise, draw and log.
 
@@ -383,18 +442,24 @@ def run_benchmark(
             score the fused images (:mod:`pipeline.metrics.conventions`).
         tracking_timeout: seconds a remote tracking server has to answer the check made before
             any work (:func:`pipeline.tracking.check_tracking_server`).
+        engine: ``local`` (this process, pair after pair) or ``ray`` (Ray Data actors,
+            :mod:`pipeline.ray_engine`); both give the same files and metric values.
+        ray_options: a :class:`pipeline.ray_engine.RayOptions` or a dict of its fields (``ray``).
 
     Returns:
         a :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: unknown method names, convention or column names, no runnable method, an
+        ValueError: unknown method names, convention, column names or engine, no runnable method, an
             empty split, entries without or with unsafe ``case``/``slice``/``pair``, two entries
             with one output name, OUT inside the data folder, or another run writing OUT.
         pipeline.tracking.TrackingServerError: the remote tracking server does not answer.
+        ImportError: ``engine="ray"`` without Ray installed (the message says how to install it).
     """
     from pipeline.datalist import load_datalist
 
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -437,7 +502,7 @@ def run_benchmark(
     staged = StagedOutput(out, "benchmark", inputs=[Path(datalist).resolve().parent])
     with staged:
         result = _fuse_and_score(staged, entries, names, runnable, params, metric_names, scoring, colour,
-                                 n_figures, progress)
+                                 n_figures, progress, engine, ray_options)
         _write_csv(staged.path("results", suffix=".csv"), result.rows, metric_names)
         table = summarise(result.rows, runnable, metric_names)
         pair_types = ", ".join(sorted({str(e.get("pair", "")) for e in entries}))
@@ -469,7 +534,8 @@ def run_benchmark(
 
 def _fuse_and_score(staged: StagedOutput, entries: list[dict], names: list[tuple[str, str, int]],
                     runnable: list[str], params: dict[str, dict[str, Any]], metric_names: list[str],
-                    scoring: dict[str, Any], colour: str, n_figures: int, progress: bool) -> BenchmarkResult:
+                    scoring: dict[str, Any], colour: str, n_figures: int, progress: bool,
+                    engine: str = "local", ray_options: Any = None) -> BenchmarkResult:
     """Fuse, score and draw every entry with every method, writing into the staging folder.
 
     Args:
@@ -483,43 +549,43 @@ def _fuse_and_score(staged: StagedOutput, entries: list[dict], names: list[tuple
         colour: the colour mode.
         n_figures: how many comparison figures.
         progress: show a progress bar.
+        engine: ``local`` or ``ray`` (see :func:`run_benchmark`).
+        ray_options: the Ray engine's options.
 
     Returns:
         the rows and figures (figure paths in the staging folder).
     """
-    from pipeline.metrics import compute_metrics
-
     result = BenchmarkResult(out=staged.staging, methods=runnable, skipped={}, metrics=metric_names)
     mixed_pairs = len({e.get("pair") for e in entries}) > 1
     figure_at = set(_figure_indices(len(entries), n_figures))
+
+    for index, entry in enumerate(entries):  # every name reserved (and collisions refused) before any work
+        for m in runnable:
+            staged.path("fused", m, *_fused_name(names[index], mixed_pairs), suffix=".png", source=entry["image_a"])
+    task = {"methods": runnable, "params": params, "out": str(staged.staging), "colour": colour,
+            "mixed_pairs": mixed_pairs, "metric_names": metric_names, "scoring": scoring}
+    if engine == "ray":
+        from pipeline.ray_engine import RayOptions, ray_benchmark_rows
+
+        options = ray_options if isinstance(ray_options, RayOptions) else RayOptions(**(ray_options or {}))
+        stream: Iterator[tuple[int, list[dict[str, Any]], dict[str, np.ndarray] | None]] = (
+            (i, rows, None) for i, rows in ray_benchmark_rows(entries, task, options))
+    else:
+        stream = ((i, *score_entry(e, keep_fused=i in figure_at, **task)) for i, e in enumerate(entries))
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(entries) * len(runnable), desc="benchmark", unit="fusion", disable=not progress)
     try:
-        for index, entry in enumerate(entries):
-            a8, b8 = read_pair(entry["image_a"], entry["image_b"])
-            a, b = a8 / 255.0, b8 / 255.0
-            fused_for_figure: dict[str, np.ndarray] = {}
-            for m in runnable:
-                bar.set_postfix_str(f"{m} {entry['case']}/{entry['slice']}")
-                start = time.perf_counter()
-                fused = fuse_pair(m, a, b, colour=colour, **params[m])
-                seconds = time.perf_counter() - start
-                target = staged.path("fused", m, *_fused_name(names[index], mixed_pairs), suffix=".png",
-                                     source=entry["image_a"])
-                write_png(target, fused, durable=False)
-                f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
-                scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
-                                         names=metric_names, nan_policy="warn", **scoring)
-                row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
-                       "slice": int(entry["slice"]), "seconds": seconds}
-                row.update({k: float(scores[k]) for k in metric_names})
-                result.rows.append(row)
-                if index in figure_at:
-                    fused_for_figure[m] = f8
-                bar.update(1)
+        for index, rows, fused_for_figure in stream:
+            result.rows.extend(rows)
+            bar.update(len(rows))
             if index in figure_at:
+                entry = entries[index]
+                if fused_for_figure is None:  # the Ray workers wrote them: read back exactly what they wrote
+                    fused_for_figure = {m: read_image(output_path(staged.staging, "fused", m, *_fused_name(
+                        names[index], mixed_pairs), suffix=".png")) for m in runnable}
+                a8, b8 = read_pair(entry["image_a"], entry["image_b"])
                 pair, case, slice_ = names[index]
                 path = staged.path("figures", f"{pair}_{case}_{slice_:03d}", suffix=".png",
                                    source=entry["image_a"])
@@ -554,16 +620,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", type=int, default=2, help="number of comparison figures")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_engine_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--engine`` options: this process, or Ray Data actors on a local instance or a cluster."""
+    g = parser.add_argument_group("engine (ray: pip install \"ssim-fusion[ray]\")")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data actors, same results")
+    g.add_argument("--ray-address", default=None,
+                   help="a Ray cluster (ray://host:10001 or auto; default: start a local instance)")
+    g.add_argument("--ray-workers", type=int, default=2, help="actors at once (default 2)")
+    g.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default 1)")
+    g.add_argument("--ray-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0)")
+    g.add_argument("--ray-batch-size", type=int, default=8, help="pairs per Ray batch (default 8)")
+    g.add_argument("--ray-threads-per-worker", type=int, default=None,
+                   help="torch threads per actor (default: this process's, for bit-identical results)")
+
+
+def ray_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`pipeline.ray_engine.RayOptions` fields from :func:`add_engine_arguments` options."""
+    return {"address": args.ray_address, "workers": args.ray_workers,
+            "cpus_per_worker": args.ray_cpus_per_worker, "gpus_per_worker": args.ray_gpus_per_worker,
+            "batch_size": args.ray_batch_size,
+            "threads_per_worker": args.ray_threads_per_worker}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the summary; returns 0 on success."""
+    """Run the benchmark and print the summary; returns 0 on success (2: ``--engine ray`` without Ray)."""
+    if args.engine == "ray":
+        from pipeline.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:  # before any work: one line that says how to install it
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     result = run_benchmark(
         args.datalist, args.out, split=args.split, methods=_split_list(args.methods),
         metrics=_split_list(args.metrics) or None, colour=args.colour, checkpoint=args.checkpoint,
         lpcnn_weights=args.lpcnn_weights, device=args.device, tracking_uri=args.tracking_uri,
         experiment=args.experiment, n_figures=args.figures, limit=args.limit, mlflow_logging=not args.no_mlflow,
-        convention=args.convention,
+        convention=args.convention, engine=args.engine, ray_options=ray_options_from_args(args),
     )
     print((result.out / "summary.md").read_text())
     print(f"results: {result.out / 'results.csv'}" + (f"; MLflow run {result.run_id}" if result.run_id else ""))

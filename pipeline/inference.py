@@ -87,6 +87,11 @@ def run_inference(
     widths: Sequence[int] | None = None,
     amp: bool = False,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int = 2,
+    ray_gpus_per_worker: float = 0.0,
+    ray_threads_per_worker: int | None = None,
 ) -> list[Path]:
     """Fuse every pair of ``input_dir`` (or of a datalist split) and write 8-bit PNGs to ``output_dir``.
 
@@ -101,6 +106,13 @@ def run_inference(
         widths: expected network widths (``None``: read from the checkpoint).
         amp: float16 autocast on CUDA.
         batch_size: pairs of one size per forward pass.
+        engine: ``local`` (this process) or ``ray`` (Ray Data actors holding the network,
+            :func:`pipeline.ray_engine.ray_inference`: the same PNG bytes).
+        ray_address: the Ray cluster for ``engine="ray"`` (``None``: a local instance).
+        ray_workers: Ray actors at once.
+        ray_gpus_per_worker: GPUs reserved per Ray actor.
+        ray_threads_per_worker: torch threads per Ray actor (``None``: this process's, so that the
+            PNGs are byte-identical to the local engine's).
 
     Returns:
         the written files, in pair order.
@@ -120,6 +132,21 @@ def run_inference(
     inputs = [input_dir] if input_dir is not None else [Path(datalist).resolve().parent]
     out_dir = Path(output_dir)
     staged = StagedOutput(out_dir, "inference", inputs=inputs)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    if engine == "ray":
+        from pipeline.ray_engine import RayOptions, ray_inference
+
+        options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
+                             threads_per_worker=ray_threads_per_worker)
+        with staged:  # the same checked names, lock and all-or-nothing output as the local path
+            for name, pa, _ in pairs:
+                staged.path(*name.split("/"), suffix=".png", source=pa)
+            ray_inference(pairs, ckpt_path, staged.staging, device=device, widths=widths, amp=amp,
+                          batch_size=batch_size, options=options)
+            if hasattr(os, "sync"):
+                os.sync()
+        return staged.files
     fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
                      batch_size=batch_size)
     with staged:

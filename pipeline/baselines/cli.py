@@ -8,6 +8,12 @@ Example::
 
 Sources are read with :func:`pipeline.io.read_pair` (8-bit gray or RGB, divided by 255), fused with
 :func:`pipeline.baselines.fuse_pair` and written as an 8-bit PNG (``round(F * 255)``).
+
+Two volumes (NIfTI files, DICOM series folders, MHA, NRRD) are fused whole into a NIfTI volume on
+A's grid (:mod:`pipeline.volume_fusion`)::
+
+    python -m pipeline fuse --method cnn CT.nii.gz MR.nii.gz fused.nii.gz [--register] \
+        [--dicom-out fused_dicom/] [--figure fused.png]
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from pipeline.baselines import COLOUR_MODES, METHODS, fuse_pair, get_method
 from pipeline.io import read_pair, write_png
 
-__all__ = ["add_arguments", "run", "parse_param", "method_params"]
+__all__ = ["add_arguments", "add_volume_arguments", "run", "parse_param", "method_params"]
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -96,9 +102,10 @@ def collect_params(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipeline fuse``."""
     parser.add_argument("--method", required=True, choices=METHODS, help="fusion method")
-    parser.add_argument("image_a", help="first source (a PET/SPECT colour image or a gray slice)")
-    parser.add_argument("image_b", help="second source, registered to the first (same size)")
-    parser.add_argument("output", help="fused image to write (8-bit PNG)")
+    parser.add_argument("image_a", help="first source (a PET/SPECT colour image or a gray slice), or "
+                                        "volume A (NIfTI, DICOM series folder, MHA, NRRD)")
+    parser.add_argument("image_b", help="second source, registered to the first (same size), or volume B")
+    parser.add_argument("output", help="fused image to write (8-bit PNG), or fused volume (.nii.gz)")
     parser.add_argument("--colour", choices=COLOUR_MODES, default="ycbcr",
                         help="colour pairs: fuse Y and keep the chroma (ycbcr, default) or fuse each RGB "
                              "channel (per-channel, as VIFB does)")
@@ -109,11 +116,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LP-CNN cnnmodel.mat (default: $FUSION_LPCNN_WEIGHTS or ../shared/data/lpcnn)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="weights of the trained network (cnn)")
     parser.add_argument("--device", default=None, help="torch device for lpcnn/cnn (default: CUDA when available)")
+    add_volume_arguments(parser)
+
+
+def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that apply when the two sources are volumes (``data_prep volumes``'s intensity rules)."""
+    from pipeline.volumes import CT_WINDOWS, DEFAULT_PERCENTILES, parse_window
+
+    g = parser.add_argument_group("volumes (A and B are NIfTI, DICOM series folders, MHA or NRRD)")
+    g.add_argument("--modality-a", default="CT", help="modality of A (default CT; CT is windowed in HU)")
+    g.add_argument("--modality-b", default="MRI", help="modality of B (default MRI; scaled by percentiles)")
+    g.add_argument("--register", action="store_true",
+                   help="rigid registration (Mattes mutual information) of B to A before resampling")
+    g.add_argument("--window", type=parse_window, default=CT_WINDOWS["brain"],
+                   help="CT window: brain (L40 W80, default), subdural, bone or L,W in HU")
+    g.add_argument("--percentiles", type=float, nargs=2, default=DEFAULT_PERCENTILES, metavar=("LOW", "HIGH"),
+                   help="percentiles mapped to 0 and 1 for MRI/PET/SPECT (default 0.5 99.5)")
+    g.add_argument("--nan-as-zero", action="store_true",
+                   help="treat NaN/Inf voxels as 0 with a warning (default: refuse the volume)")
+    g.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write the fused volume as a DICOM series")
+    g.add_argument("--figure", default=None, metavar="PNG",
+                   help="also draw the axial, coronal and sagittal mid-planes of A, B and the fusion")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="axial slices per forward pass (cnn; default 8)")
+    g.add_argument("--overwrite", action="store_true", help="replace existing volume outputs")
 
 
 def run(args: argparse.Namespace) -> int:
     """Fuse the pair and write the PNG; returns 0 on success."""
     params = collect_params(args.method, args.param, args.lpcnn_weights, args.checkpoint, args.device)
+    from pipeline.volumes import is_volume_path
+
+    if is_volume_path(args.image_a) or is_volume_path(args.image_b):
+        from pipeline.volume_fusion import run_fuse_volumes
+
+        return run_fuse_volumes(args, params)
     a, b = read_pair(args.image_a, args.image_b)
     start = time.perf_counter()
     fused = fuse_pair(args.method, a / 255.0, b / 255.0, colour=args.colour, **params)
