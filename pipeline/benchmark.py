@@ -50,12 +50,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.baselines import METHODS, fuse_pair
+from pipeline.baselines import METHODS
 from pipeline.baselines.cli import collect_params
-from pipeline.io import read_image, read_pair, write_png
-from pipeline.outputs import StagedOutput, check_name, check_slice, output_path
+from pipeline.io import read_image, read_pair
+from pipeline.outputs import StagedOutput, output_path
+from pipeline.scoring import fused_name, name_parts, score_entry
 
-__all__ = ["add_arguments", "run", "run_benchmark", "score_entry", "BenchmarkResult", "lower_is_better",
+__all__ = ["add_arguments", "run", "run_benchmark", "BenchmarkResult", "lower_is_better",
            "definitions", "add_engine_arguments", "ray_options_from_args"]
 
 DEFAULT_METHODS = ",".join(METHODS)
@@ -102,25 +103,6 @@ def _method_requirements(method: str, lpcnn_weights: str | None, checkpoint: str
     return None
 
 
-def _name_parts(entry: dict, datalist: str | os.PathLike, index: int) -> tuple[str, str, int]:
-    """``(pair, case, slice)`` of an entry, each checked as an output name part.
-
-    Raises:
-        ValueError: the entry has no ``case`` or ``slice``, or one of them cannot name a file.
-    """
-    if "case" not in entry or "slice" not in entry:
-        raise ValueError(f"{datalist}: entry {index} ({entry.get('image_a')}) has no 'case' and 'slice', "
-                         "which name the benchmark's files; re-create it with `python -m data_prep`")
-    source = f"{datalist}: entry {index}"
-    return (check_name(entry.get("pair", "pairs"), "pair", source), check_name(entry["case"], "case", source),
-            check_slice(entry["slice"], source))
-
-
-def _fused_name(parts: tuple[str, str, int], mixed_pairs: bool) -> tuple[str, ...]:
-    name = f"{parts[1]}_{parts[2]:03d}"
-    return (parts[0], name) if mixed_pairs else (name,)
-
-
 def _fmt(value: float) -> str:
     if not math.isfinite(value):
         return "nan"
@@ -145,7 +127,7 @@ def definitions(columns: Sequence[str], convention: str = "project") -> dict[str
 
     conv = get_convention(convention)
     metrics = {c: c if conv.name == "project" else conv.metric_of(c) for c in columns}
-    return {c: f"{m}: {get_spec(m).reference}" for c, m in metrics.items()}
+    return {c: get_spec(m).reference if c == m else f"{m}: {get_spec(m).reference}" for c, m in metrics.items()}
 
 
 def lower_is_better(columns: Sequence[str], convention: str = "project") -> frozenset[str]:
@@ -342,62 +324,6 @@ def _log_mlflow(result: BenchmarkResult, table: dict, params: dict[str, Any], tr
     return run_id
 
 
-def score_entry(
-    entry: dict[str, Any],
-    methods: Sequence[str],
-    params: dict[str, dict[str, Any]],
-    out: str,
-    colour: str,
-    mixed_pairs: bool,
-    metric_names: Sequence[str],
-    scoring: dict[str, Any],
-    keep_fused: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-    """Fuse one datalist entry with each method, write the PNGs and score them: one row per method.
-
-    The unit of work of both engines (this process, or a Ray actor): the same entry gives the
-    same PNG bytes and the same metric values wherever it runs.
-
-    Args:
-        entry: a datalist entry (absolute image paths).
-        methods: the runnable methods.
-        params: method -> its keyword parameters.
-        out: the benchmark's output folder (PNGs go to ``out/fused/<method>/``).
-        colour: colour mode for PET/SPECT pairs.
-        mixed_pairs: the split mixes pair types (names get a ``<pair>/`` folder).
-        metric_names: the metric columns.
-        scoring: keyword arguments of :func:`pipeline.metrics.compute_metrics` (colour or convention).
-        keep_fused: also return the 8-bit fused images (for a figure).
-
-    Returns:
-        ``(rows, fused)``: the rows (``method, pair, case, slice, seconds`` and the metrics) and,
-        with ``keep_fused``, method -> ``uint8`` fused image (else ``None``).
-    """
-    from pipeline.metrics import compute_metrics
-
-    parts = _name_parts(entry, "datalist", 0)  # checked by run_benchmark already; cheap, and on the worker
-    a8, b8 = read_pair(entry["image_a"], entry["image_b"])
-    a, b = a8 / 255.0, b8 / 255.0
-    rows: list[dict[str, Any]] = []
-    kept: dict[str, np.ndarray] = {}
-    for m in methods:
-        start = time.perf_counter()
-        fused = fuse_pair(m, a, b, colour=colour, **params[m])
-        seconds = time.perf_counter() - start
-        target = output_path(Path(out), "fused", m, *_fused_name(parts, mixed_pairs), suffix=".png")
-        write_png(target, fused, durable=False)  # synced once, when the set is published
-        f8 = np.clip(np.rint(fused * 255.0), 0, 255).astype(np.uint8)  # what write_png wrote
-        scores = compute_metrics(a8.astype(np.float64), b8.astype(np.float64), f8.astype(np.float64),
-                                 names=list(metric_names), nan_policy="warn", **scoring)
-        row = {"method": m, "pair": entry.get("pair", ""), "case": entry["case"],
-               "slice": int(entry["slice"]), "seconds": seconds}
-        row.update({k: float(scores[k]) for k in metric_names})
-        rows.append(row)
-        if keep_fused:
-            kept[m] = f8
-    return rows, (kept if keep_fused else None)
-
-
 def run_benchmark(
     datalist: str | os.PathLike,
     out: str | os.PathLike,
@@ -493,7 +419,7 @@ def run_benchmark(
         raise ValueError("no method can run: " + "; ".join(f"{m}: {w}" for m, w in skipped.items()))
 
     out = Path(out)
-    names = [_name_parts(e, datalist, i) for i, e in enumerate(entries)]
+    names = [name_parts(e, datalist, i) for i, e in enumerate(entries)]
     if mlflow_logging:
         from pipeline.tracking import bound_mlflow_requests, check_tracking_server
 
@@ -521,7 +447,7 @@ def run_benchmark(
                           "lpcnn_weights": lpcnn_weights or "default"}
             if conv.name != "project":
                 run_params["convention"] = conv.name
-            if any(definitions(metric_names, conv.name)[c].startswith("FMI_") for c in metric_names):
+            if any(conv.metric_of(c).startswith("FMI_") for c in metric_names):
                 from pipeline.metrics.fmi import DEFAULT_MODE
 
                 run_params["fmi_mode"] = DEFAULT_MODE
@@ -561,7 +487,7 @@ def _fuse_and_score(staged: StagedOutput, entries: list[dict], names: list[tuple
 
     for index, entry in enumerate(entries):  # every name reserved (and collisions refused) before any work
         for m in runnable:
-            staged.path("fused", m, *_fused_name(names[index], mixed_pairs), suffix=".png", source=entry["image_a"])
+            staged.path("fused", m, *fused_name(names[index], mixed_pairs), suffix=".png", source=entry["image_a"])
     task = {"methods": runnable, "params": params, "out": str(staged.staging), "colour": colour,
             "mixed_pairs": mixed_pairs, "metric_names": metric_names, "scoring": scoring}
     if engine == "ray":
@@ -583,7 +509,7 @@ def _fuse_and_score(staged: StagedOutput, entries: list[dict], names: list[tuple
             if index in figure_at:
                 entry = entries[index]
                 if fused_for_figure is None:  # the Ray workers wrote them: read back exactly what they wrote
-                    fused_for_figure = {m: read_image(output_path(staged.staging, "fused", m, *_fused_name(
+                    fused_for_figure = {m: read_image(output_path(staged.staging, "fused", m, *fused_name(
                         names[index], mixed_pairs), suffix=".png")) for m in runnable}
                 a8, b8 = read_pair(entry["image_a"], entry["image_b"])
                 pair, case, slice_ = names[index]

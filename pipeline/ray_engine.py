@@ -296,7 +296,7 @@ class _BenchmarkActor:
         self.task = task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.benchmark import score_entry
+        from pipeline.scoring import score_entry
 
         rows = []
         for blob in batch["entry"]:
@@ -312,7 +312,7 @@ def ray_benchmark_rows(entries: Sequence[dict[str, Any]], task: dict[str, Any],
 
     Args:
         entries: datalist entries (absolute image paths, as :func:`pipeline.datalist.load_datalist` gives).
-        task: the keyword arguments of :func:`pipeline.benchmark.score_entry` other than the entry
+        task: the keyword arguments of :func:`pipeline.scoring.score_entry` other than the entry
             (methods, their parameters, output folder, metrics...); JSON-serialisable values.
         options: the engine options.
 

@@ -63,7 +63,7 @@ def test_benchmark_end_to_end(datalist, tmp_path, capsys):
     assert best_cell.startswith("**")
     assert "`cnn`: no trained checkpoint" in summary
     # every number says which definition it is: FMI the reference code's (fmi.m as it runs)
-    assert "- `FMI_pixel`: FMI_pixel: Haghighat's Fast-FMI fmi.m" in summary
+    assert "- `FMI_pixel`: Haghighat's Fast-FMI fmi.m" in summary
     assert "mode='reference'" in summary.split("- `FMI_pixel`:")[1].splitlines()[0]
     figures = list((out / "figures").glob("*.png"))
     assert len(figures) == 1 and read_image(figures[0]).shape[0] > 100

@@ -315,7 +315,8 @@ def test_resume_continues_from_latest(trained: dict, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(trained["out"] / "models", out / "models")
     run("training", config_file=str(CONFIGS / "train.yaml"), datalist=str(trained["datalist"]),
-        output_dir=str(out), epochs=3, batch_size=4, patch_size=32, resume=True, progress_bar=False)
+        output_dir=str(out), epochs=3, batch_size=4, patch_size=32, resume=True, progress_bar=False,
+        allow_config_change=True)  # more epochs than the checkpoint was trained for: a change to allow
     latest = torch.load(out / "models" / "latest.pt", weights_only=True)
     assert latest["trainer"]["iteration"] == 6  # 3 epochs of 2 iterations: one more epoch only
 

@@ -1121,11 +1121,11 @@ def _naming_contract(path: Path, out: Path) -> None:
         root = staged.staging.resolve()
         assert all(root in t.resolve().parents for t in targets)
         assert len({str(t).casefold() for t in targets}) == len(targets)
-    from pipeline.benchmark import _name_parts
+    from pipeline.scoring import name_parts
 
     for i, e in enumerate(data["test"]):  # the benchmark names its files from the same fields
         try:
-            pair, case, slice_ = _name_parts(e, path, i)
+            pair, case, slice_ = name_parts(e, path, i)
         except ValueError as err:
             assert str(path) in str(err), err
             continue

@@ -141,7 +141,7 @@ class MetricSpec:
 
 _FAMILY = "pipeline.metrics."
 _LIU = "Liu et al.'s toolbox (TPAMI 2012)"
-_LIU_FIXED = "Yu Liu's corrected copy of that toolbox (MFIF)"
+_LIU_FIXED = "Yu Liu's corrected copy of Liu et al.'s toolbox (MFIF)"
 _VIFB = "VIFB (CVPRW 2020)"
 _FAST_FMI = "Haghighat's Fast-FMI fmi.m (AICT 2014)"
 
