@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python -m data_prep demo $(DEMO)/data --overwrite
 	$(BUNDLE_RUN) training \
 		--config_file bundles/ssim_fusion/configs/train.yaml \
-		--datalist $(DEMO)/data/datalist.json --output_dir $(DEMO)/train --epochs $(DEMO_EPOCHS) --val_interval 10 --tracking mlflow
+		--datalist $(DEMO)/data/datalist.json --output_dir $(DEMO)/train --epochs $(DEMO_EPOCHS) --val_interval 10 --tracking mlflow --overwrite True
 	$(BUNDLE_RUN) inference \
 		--config_file bundles/ssim_fusion/configs/inference.yaml \
 		--ckpt_path $(DEMO)/train/models/model.pt \
