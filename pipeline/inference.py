@@ -134,33 +134,30 @@ def run_inference(
     staged = StagedOutput(out_dir, "inference", inputs=inputs)
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r}; choose local or ray")
-    if engine == "ray":
-        from pipeline.ray_engine import RayOptions, ray_inference
+    with staged:  # one set of checked names, one lock and all-or-nothing output for both engines
+        targets = [staged.path(*name.split("/"), suffix=".png", source=pa) for name, pa, _ in pairs]
+        if engine == "ray":
+            from pipeline.ray_engine import RayOptions, ray_inference
 
-        options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
-                             threads_per_worker=ray_threads_per_worker)
-        with staged:  # the same checked names, lock and all-or-nothing output as the local path
-            for name, pa, _ in pairs:
-                staged.path(*name.split("/"), suffix=".png", source=pa)
+            options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
+                                 threads_per_worker=ray_threads_per_worker)
             ray_inference(pairs, ckpt_path, staged.staging, device=device, widths=widths, amp=amp,
                           batch_size=batch_size, options=options)
-            if hasattr(os, "sync"):
-                os.sync()
-        return staged.files
-    fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
-                     batch_size=batch_size)
-    with staged:
-        targets = [staged.path(*name.split("/"), suffix=".png", source=pa) for name, pa, _ in pairs]
-        for start in range(0, len(pairs), fuser.batch_size):
-            chunk = pairs[start:start + fuser.batch_size]
-            sources = []
-            for _, pa, pb in chunk:
-                a, b = read_pair(pa, pb)
-                sources.append((a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0))
-            for target, fused in zip(targets[start:start + len(chunk)], fuser.fuse_many(sources)):
-                write_png(target, fused, durable=False)  # synced once, when the set is published
-            del sources
+            where = "Ray workers"
+        else:
+            fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
+                             batch_size=batch_size)
+            for start in range(0, len(pairs), fuser.batch_size):
+                chunk = pairs[start:start + fuser.batch_size]
+                sources = []
+                for _, pa, pb in chunk:
+                    a, b = read_pair(pa, pb)
+                    sources.append((a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0))
+                for target, fused in zip(targets[start:start + len(chunk)], fuser.fuse_many(sources)):
+                    write_png(target, fused, durable=False)  # synced once, when the set is published
+                del sources
+            where = str(fuser.device)
         if hasattr(os, "sync"):
             os.sync()
-    logger.info(f"fused {len(staged.files)} pairs into {out_dir} with {ckpt_path} on {fuser.device}")
+    logger.info(f"fused {len(staged.files)} pairs into {out_dir} with {ckpt_path} on {where}")
     return staged.files
