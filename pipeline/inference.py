@@ -35,10 +35,11 @@ from pipeline.baselines.cnn import DEFAULT_BATCH_SIZE, CNNFuser
 from pipeline.checkpoint import load_fusion_network
 from pipeline.datalist import SPLITS, load_datalist
 from pipeline.io import read_pair, write_png
+from pipeline.model_index import checkpoint_for, entry_pair_type, pair_type
 from pipeline.outputs import StagedOutput, check_name, check_slice
 from pipeline.pairing import find_pairs
 
-__all__ = ["datalist_pairs", "run_inference"]
+__all__ = ["datalist_pairs", "checkpoint_groups", "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,34 @@ def datalist_pairs(datalist: str | os.PathLike, split: str | None = "test") -> l
     return out
 
 
+def checkpoint_groups(
+    pairs: Sequence[tuple[str, Path, Path]], ckpt_path: str | os.PathLike | None, by_folder: bool
+) -> dict[Path, list[int]]:
+    """Which checkpoint fuses which pairs: ``ckpt_path`` for all, or each pair type's shipped network.
+
+    Args:
+        pairs: ``(name, image_a, image_b)``; a datalist pair's name starts with its ``pair`` field.
+        ckpt_path: one checkpoint for every pair, or ``None`` to choose by pair type
+            (:func:`pipeline.model_index.checkpoint_for`).
+        by_folder: the pairs come from an input folder, whose subfolder names are the modalities.
+
+    Returns:
+        checkpoint -> indices of its pairs, in pair order.
+    """
+    groups: dict[Path, list[int]] = {}
+    for i, (name, pa, pb) in enumerate(pairs):
+        if ckpt_path is not None:
+            path = Path(ckpt_path)
+        elif by_folder:
+            path = checkpoint_for(pair_type(Path(pa).parent.name, Path(pb).parent.name))
+        else:
+            path = checkpoint_for(entry_pair_type({"pair": name.split("/")[0]}))
+        groups.setdefault(path, []).append(i)
+    return groups
+
+
 def run_inference(
-    ckpt_path: str | os.PathLike,
+    ckpt_path: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     input_dir: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
@@ -96,7 +123,8 @@ def run_inference(
     """Fuse every pair of ``input_dir`` (or of a datalist split) and write 8-bit PNGs to ``output_dir``.
 
     Args:
-        ckpt_path: the trained weights (``models/model.pt``).
+        ckpt_path: the trained weights for every pair; ``None``: each pair type's shipped network
+            (the input subfolders' or the datalist's modalities pick it, :mod:`pipeline.model_index`).
         output_dir: where ``<name>.png`` files go (created).
         input_dir: folder of two subfolders of same-named images (see :func:`pipeline.pairing.find_pairs`).
         datalist: alternatively, a ``datalist.json``; outputs go to ``<pair>/<case>_<slice>.png``.
@@ -134,30 +162,37 @@ def run_inference(
     staged = StagedOutput(out_dir, "inference", inputs=inputs)
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    groups = checkpoint_groups(pairs, ckpt_path, by_folder=input_dir is not None)
     with staged:  # one set of checked names, one lock and all-or-nothing output for both engines
         targets = [staged.path(*name.split("/"), suffix=".png", source=pa) for name, pa, _ in pairs]
-        if engine == "ray":
-            from pipeline.ray_engine import RayOptions, ray_inference
+        where = ""
+        fusers = {} if engine == "ray" else {  # every network is loaded and checked before a pair is fused
+            c: CNNFuser(load_fusion_network(c, device=device, widths=widths), amp=amp, batch_size=batch_size)
+            for c in groups}
+        for checkpoint, indices in groups.items():
+            group = [pairs[i] for i in indices]
+            if engine == "ray":
+                from pipeline.ray_engine import RayOptions, ray_inference
 
-            options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
-                                 threads_per_worker=ray_threads_per_worker)
-            ray_inference(pairs, ckpt_path, staged.staging, device=device, widths=widths, amp=amp,
-                          batch_size=batch_size, options=options)
-            where = "Ray workers"
-        else:
-            fuser = CNNFuser(load_fusion_network(ckpt_path, device=device, widths=widths), amp=amp,
-                             batch_size=batch_size)
-            for start in range(0, len(pairs), fuser.batch_size):
-                chunk = pairs[start:start + fuser.batch_size]
+                options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
+                                     threads_per_worker=ray_threads_per_worker)
+                ray_inference(group, checkpoint, staged.staging, device=device, widths=widths, amp=amp,
+                              batch_size=batch_size, options=options)
+                where = "Ray workers"
+                continue
+            fuser = fusers[checkpoint]
+            for start in range(0, len(group), fuser.batch_size):
+                chunk = indices[start:start + fuser.batch_size]
                 sources = []
-                for _, pa, pb in chunk:
-                    a, b = read_pair(pa, pb)
+                for i in chunk:
+                    a, b = read_pair(pairs[i][1], pairs[i][2])
                     sources.append((a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0))
-                for target, fused in zip(targets[start:start + len(chunk)], fuser.fuse_many(sources)):
-                    write_png(target, fused, durable=False)  # synced once, when the set is published
+                for i, fused in zip(chunk, fuser.fuse_many(sources)):
+                    write_png(targets[i], fused, durable=False)  # synced once, when the set is published
                 del sources
             where = str(fuser.device)
         if hasattr(os, "sync"):
             os.sync()
-    logger.info(f"fused {len(staged.files)} pairs into {out_dir} with {ckpt_path} on {where}")
+    used = ", ".join(f"{Path(c).name} ({len(i)} pairs)" for c, i in groups.items())
+    logger.info(f"fused {len(staged.files)} pairs into {out_dir} with {used} on {where}")
     return staged.files

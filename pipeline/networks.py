@@ -52,6 +52,11 @@ class FusionNet(nn.Module):
         widths: output channels of convolutions 1-4.
         negative_slope: slope of the LeakyReLU for negative inputs.
         init_std: standard deviation of the truncated-normal initialisation (cut at +-2 std).
+        freeze_batch_norm: batch norm normalises with its running statistics in training too (they
+            are not updated; its scale and shift still learn). For fine-tuning a trained network: the
+            function it is trained as is then the one inference runs. Normalised by each batch of
+            patches instead, a network can come to depend on that batch normalisation, and run
+            with the averaged statistics it shifts an empty background a few gray levels up.
 
     Raises:
         ValueError: ``widths`` does not hold four positive integers.
@@ -64,6 +69,7 @@ class FusionNet(nn.Module):
         widths: Sequence[int] = DEFAULT_WIDTHS,
         negative_slope: float = 0.2,
         init_std: float = INIT_STD,
+        freeze_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -71,6 +77,7 @@ class FusionNet(nn.Module):
             raise ValueError(f"FusionNet: widths must be four positive channel counts, got {widths}")
         self.in_channels, self.out_channels, self.widths = int(in_channels), int(out_channels), widths
         self.negative_slope, self.init_std = float(negative_slope), float(init_std)
+        self.freeze_batch_norm = bool(freeze_batch_norm)
         chans = (self.in_channels, *widths)
         layers: list[nn.Module] = []
         for i in range(4):
@@ -94,6 +101,15 @@ class FusionNet(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
+
+    def train(self, mode: bool = True) -> "FusionNet":
+        """Training or evaluation mode; with ``freeze_batch_norm`` the batch norms stay in evaluation mode."""
+        super().train(mode)
+        if self.freeze_batch_norm:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse a batch.

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.baselines import fuse_pair
 from pipeline.io import read_pair, write_png
+from pipeline.model_index import entry_pair_type
 from pipeline.outputs import check_name, check_slice, output_path
 
 __all__ = ["name_parts", "fused_name", "score_entry"]
@@ -40,6 +41,13 @@ def name_parts(entry: dict, datalist: str | os.PathLike, index: int) -> tuple[st
 def fused_name(parts: tuple[str, str, int], mixed_pairs: bool) -> tuple[str, ...]:
     name = f"{parts[1]}_{parts[2]:03d}"
     return (parts[0], name) if mixed_pairs else (name,)
+
+
+def _pair_param(method: str, params: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """``cnn`` without a checkpoint fuses each entry with the shipped network of its pair type."""
+    if method != "cnn" or params.get("checkpoint"):
+        return {}
+    return {"pair": entry_pair_type(entry)}
 
 
 def score_entry(
@@ -82,7 +90,7 @@ def score_entry(
     kept: dict[str, np.ndarray] = {}
     for m in methods:
         start = time.perf_counter()
-        fused = fuse_pair(m, a, b, colour=colour, **params[m])
+        fused = fuse_pair(m, a, b, colour=colour, **params[m], **_pair_param(m, params[m], entry))
         seconds = time.perf_counter() - start
         target = output_path(Path(out), "fused", m, *fused_name(parts, mixed_pairs), suffix=".png")
         write_png(target, fused, durable=False)  # synced once, when the set is published

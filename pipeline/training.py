@@ -17,6 +17,7 @@ __all__ = [
     "default_bundle_root",
     "load_split",
     "check_checkpoint",
+    "initial_network",
     "check_tracking",
     "buffer_iteration_metrics",
     "training_state",
@@ -113,6 +114,39 @@ def check_checkpoint(ckpt_path: str | os.PathLike, widths: Sequence[int]) -> Non
     from pipeline.checkpoint import load_fusion_network
 
     load_fusion_network(ckpt_path, device="cpu", widths=widths)
+
+
+def initial_network(network: torch.nn.Module, init_weights: str | os.PathLike | None,
+                    device: str | torch.device) -> torch.nn.Module:
+    """The network training starts from: as initialised, or with the weights of ``init_weights``.
+
+    Fine-tuning starts from a trained ``model.pt`` (e.g. one network per pair type from a model
+    trained on all of them). ``--resume True`` restores ``latest.pt`` over it, as over any start.
+
+    Args:
+        network: the configured FusionNet.
+        init_weights: a ``model.pt``/``latest.pt`` of the same widths, or ``None``.
+        device: where to train.
+
+    Returns:
+        the network on ``device``.
+
+    Raises:
+        pipeline.io.CheckpointError: the file is missing, unreadable or of other widths.
+    """
+    if init_weights is not None:
+        from pipeline.weights import load_state_dict
+        from pipeline.networks import widths_from_state_dict
+        from pipeline.io import CheckpointError
+
+        state = load_state_dict(init_weights)
+        expected = tuple(getattr(network, "widths", ()))
+        found = tuple(widths_from_state_dict(state))
+        if expected and found != expected:
+            raise CheckpointError(f"{init_weights}: --init_weights holds a network of widths {list(found)}, "
+                                  f"this training builds {list(expected)}; pass --widths \"{list(found)}\"")
+        network.load_state_dict(state)
+    return network.to(torch.device(device))
 
 
 def check_tracking(source: Any, timeout: float = 5.0) -> str | None:

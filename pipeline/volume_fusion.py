@@ -104,15 +104,19 @@ StackFuser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _slice_fuser(method: str, checkpoint: str | os.PathLike | None, device: str | None, amp: bool,
-                 batch_size: int | None, params: dict[str, Any]) -> StackFuser:
-    """A function fusing ``(N, H, W)`` stacks in [0, 1] into ``(N, H, W)`` float in [0, 1]."""
+                 batch_size: int | None, params: dict[str, Any], pair: str | None = None) -> StackFuser:
+    """A function fusing ``(N, H, W)`` stacks in [0, 1] into ``(N, H, W)`` float in [0, 1].
+
+    ``cnn`` without a checkpoint uses the shipped network of ``pair`` (:mod:`pipeline.model_index`).
+    """
     if method == "cnn":
-        from pipeline.baselines.cnn import DEFAULT_CHECKPOINT, CNNFuser
+        from pipeline.baselines.cnn import CNNFuser
         from pipeline.checkpoint import load_fusion_network
+        from pipeline.model_index import checkpoint_for
 
         import torch
 
-        fuser = CNNFuser(load_fusion_network(checkpoint or params.get("checkpoint") or DEFAULT_CHECKPOINT,
+        fuser = CNNFuser(load_fusion_network(checkpoint or params.get("checkpoint") or checkpoint_for(pair),
                                              device=device or params.get("device")),
                          amp=amp, batch_size=batch_size or VOLUME_BATCH_SIZE)
         for module in fuser.runner.modules():
@@ -378,7 +382,8 @@ def fuse_volumes(
         output: the fused NIfTI (``.nii.gz`` / ``.nii``).
         method: a fusion method (``cnn``, the trained network, by default; any of
             :data:`pipeline.baselines.METHODS`, slice by slice).
-        checkpoint: weights for ``cnn`` (default: the shipped model).
+        checkpoint: weights for ``cnn`` (default: the shipped network of the pair type
+            ``modality_a``-``modality_b``).
         device: torch device for ``cnn`` (default CUDA when available).
         modality_a: modality of A (``CT`` is windowed in HU; others percentile-scaled).
         modality_b: modality of B.
@@ -409,7 +414,10 @@ def fuse_volumes(
     fig = Path(figure) if figure is not None else None
     _check_output(output, dicom, fig, overwrite)
     params = dict(params or {})
-    fuse_stack = _slice_fuser(method, checkpoint, device, amp, batch_size, params)  # weights checked first
+    from pipeline.model_index import pair_type
+
+    fuse_stack = _slice_fuser(method, checkpoint, device, amp, batch_size, params,  # weights checked first
+                              pair=pair_type(modality_a, modality_b))
     aligned = align_pair(path_a, path_b, register=register, nan_as_zero=nan_as_zero)
     fused, unit_a, unit_b = fuse_aligned(aligned, fuse_stack, modality_a, modality_b, window, percentiles)
     native = orient_like(fused, aligned.a, aligned.a_native)

@@ -74,12 +74,13 @@ def assert_medical_golden(name: str, metrics: dict, abs_tol: float = 1e-4) -> No
         assert fn(a, b, f) == pytest.approx(expected[metric], abs=abs_tol), metric
 
 
-def fusion_checkpoint(path: Path, widths: tuple[int, ...]) -> Path:
+def fusion_checkpoint(path: Path, widths: tuple[int, ...], seed: int = 0) -> Path:
     """Save a FusionNet state dict with non-trivial weights (an untrained net outputs ~0 everywhere).
 
     Args:
-        path: the ``.pt`` file to write.
+        path: the ``.pt`` file to write (its folder is created).
         widths: the network's widths.
+        seed: the weights' seed.
 
     Returns:
         ``path``.
@@ -88,11 +89,12 @@ def fusion_checkpoint(path: Path, widths: tuple[int, ...]) -> Path:
 
     from pipeline.networks import FusionNet
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = FusionNet(widths=widths)
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.weight.data.normal_(0, 0.3)
             m.bias.data.fill_(0.05)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.baselines import COLOUR_MODES, METHODS, UnknownMethodError, fuse_pair, get_method
-from pipeline.baselines import dwt, lp, wa
+from pipeline.baselines import dwt, lp, maximum, wa
 from pipeline.colour import rgb_to_ycbcr
 from tests.conftest import shared_path
 
-CLASSICS = ("wa", "gff", "dwt", "lp")
+CLASSICS = ("wa", "max", "gff", "dwt", "lp")
 
 
 def _method_params(method: str) -> dict:
@@ -30,10 +30,10 @@ def _method_params(method: str) -> dict:
 
 
 def test_registry_names_and_errors():
-    assert METHODS == ("wa", "gff", "lpcnn", "dwt", "lp", "cnn")
+    assert METHODS == ("wa", "max", "gff", "lpcnn", "dwt", "lp", "cnn")
     assert COLOUR_MODES == ("ycbcr", "per-channel")
     assert get_method("wa") is wa.fuse
-    with pytest.raises(UnknownMethodError, match="choose one of: wa, gff"):
+    with pytest.raises(UnknownMethodError, match="choose one of: wa, max, gff"):
         get_method("sift")
     with pytest.raises(ValueError, match="unknown colour mode"):
         fuse_pair("wa", np.zeros((4, 4)), np.zeros((4, 4)), colour="hsv")
@@ -55,6 +55,15 @@ def test_wa_is_exact(rng):
         wa.fuse(a, b, weight_a=-1)
     with pytest.raises(ValueError, match="differ in shape"):
         wa.fuse(a, b[:4])
+
+
+def test_max_keeps_the_brighter_source(rng):
+    a, b = rng.random((16, 16)), rng.random((16, 16))
+    fused = maximum.fuse(a, b)
+    np.testing.assert_array_equal(fused, np.where(a >= b, a, b))
+    np.testing.assert_array_equal(maximum.fuse(a, np.zeros_like(a)), a)
+    with pytest.raises(ValueError, match="differ in shape"):
+        maximum.fuse(a, b[:4])
 
 
 @pytest.mark.parametrize("method", CLASSICS)

@@ -66,3 +66,18 @@ def test_parse_param_types():
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_param("r1")
     assert method_params("dwt", {"wavelet": "db2", "levels": 2}) == {"wavelet": "db2", "levels": 2}
+
+
+def test_fuse_cnn_uses_the_network_of_the_named_pair_type(pair):
+    from pipeline.baselines.cnn import fuse as cnn_fuse
+
+    folder, _, b, pet = pair
+    args = [str(folder / "pet.png"), str(folder / "b.png")]
+    assert main(["fuse", "--method", "cnn", *args, str(folder / "spect.png"), "--modality-a", "SPECT",
+                 "--device", "cpu"]) == 0
+    assert main(["fuse", "--method", "cnn", *args, str(folder / "ct.png"), "--device", "cpu"]) == 0  # default CT
+    for name, kind in (("spect.png", "SPECT-MRI"), ("ct.png", "CT-MRI")):
+        expected = cnn_fuse(pet / 255.0, b / 255.0, device="cpu", pair=kind)
+        np.testing.assert_array_equal(read_image(folder / name),
+                                      np.clip(np.rint(expected * 255.0), 0, 255).astype(np.uint8))
+    assert not np.array_equal(read_image(folder / "spect.png"), read_image(folder / "ct.png"))

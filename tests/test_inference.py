@@ -189,3 +189,37 @@ def test_cnn_method(checkpoint: Path, rng: np.random.Generator) -> None:
         fuse(a, b, checkpoint=checkpoint.parent / "missing.pt")
     with pytest.raises(ValueError, match="differ in size"):
         fuse(a, b[:10], checkpoint=checkpoint)
+
+
+def test_inference_picks_each_pair_types_network(checkpoint: Path, folder: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    """Without a checkpoint, each pair is fused by the network the model index gives its pair type."""
+    import json
+
+    import pipeline.inference as inference
+    from data_prep.datalist import SlicePair, SplitSpec, write_dataset
+
+    models = tmp_path / "models"
+    other = fusion_checkpoint(models / "spect.pt", (4, 6, 6, 4), seed=5)
+    models.joinpath("model.pt").write_bytes(checkpoint.read_bytes())
+    models.joinpath("models.json").write_text(json.dumps({"default": "model.pt", "pairs": {"SPECT-MRI": "spect.pt"}}))
+    monkeypatch.setattr(inference, "checkpoint_for", lambda pair: checkpoint_for(pair, models))
+    from pipeline.model_index import checkpoint_for
+
+    by_folder = run_inference(None, tmp_path / "o1", input_dir=folder, device="cpu")
+    spect_net = CNNFuser(load_fusion_network(other, device="cpu"))
+    default_net = CNNFuser(load_fusion_network(checkpoint, device="cpu"))
+    for p in by_folder:  # SPECT/ + MRI/ folders: the SPECT-MRI network
+        spect = np.asarray(Image.open(folder / "SPECT" / p.name)) / 255.0
+        mri = np.asarray(Image.open(folder / "MRI" / p.name)) / 255.0
+        expected = np.clip(np.rint(spect_net.fuse(spect, mri) * 255), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(Image.open(p)), expected)
+        assert not np.array_equal(expected, np.clip(np.rint(default_net.fuse(spect, mri) * 255), 0, 255))
+
+    gray = lambda: rng.integers(0, 256, (16, 16), dtype=np.uint8)  # noqa: E731
+    pairs = [SlicePair(gray(), gray(), "CT", "MRI", "1", 1), SlicePair(gray(), gray(), "SPECT", "MRI", "1", 2)]
+    write_dataset(pairs, tmp_path / "data", SplitSpec(cases={"training": [], "validation": [], "test": ["1"]}))
+    dl = tmp_path / "data" / "datalist.json"
+    groups = inference.checkpoint_groups(datalist_pairs(dl, "test"), None, by_folder=False)
+    assert {path.name: idx for path, idx in groups.items()} == {"model.pt": [0], "spect.pt": [1]}
+    assert list(inference.checkpoint_groups(datalist_pairs(dl, "test"), checkpoint, by_folder=False)) == [checkpoint]

@@ -19,7 +19,7 @@ def _edges() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def test_registry_holds_the_documented_terms() -> None:
-    assert set(TERMS) == {"gradient", "bgradient", "sgradient", "fine", "mean", "wmean"}
+    assert set(TERMS) == {"gradient", "bgradient", "sgradient", "fine", "mean", "wmean", "maxint"}
     with pytest.raises(ValueError, match="exists"):
         register_term("gradient")(terms.gradient)
     with pytest.raises(ValueError, match="bad term name"):
@@ -100,6 +100,16 @@ def test_mean_anchors_on_the_average() -> None:
     assert float(terms.mean(torch.zeros_like(a), sources)) == pytest.approx(float(average.mean()))
 
 
+def test_maxint_keeps_the_brighter_source_at_its_level() -> None:
+    a, b, sources = _edges()
+    brighter = sources.amax(dim=1, keepdim=True)
+    assert float(terms.maxint(brighter, sources)) == 0.0
+    assert float(terms.maxint(torch.zeros_like(a), sources)) == pytest.approx(float(brighter.mean()), rel=1e-6)
+    # the average loses half of every one-source bright region: exactly mean |A - B| / 2
+    half = float((sources[:, 0] - sources[:, 1]).abs().mean()) / 2
+    assert float(terms.maxint(sources.mean(dim=1, keepdim=True), sources)) == pytest.approx(half, rel=1e-6)
+
+
 def test_wmean_anchors_on_the_source_that_carries_the_structure() -> None:
     g = torch.Generator().manual_seed(3)
     a = torch.rand(1, 1, 24, 24, generator=g)
@@ -127,5 +137,5 @@ def test_every_term_is_per_image_non_negative_and_zero_on_a_copy_of_one_flat_sou
     sources = torch.cat([a, torch.full_like(a, 0.4)], dim=1)
     value = TERMS[name](torch.rand(3, 1, 20, 20, generator=g), sources, LossWindow())
     assert value.shape == (3,) and bool((value >= 0).all())
-    if name != "mean":  # the average is mean's target, not the textured source
+    if name not in ("mean", "maxint"):  # their targets are the average and the maximum, not a source
         assert float(TERMS[name](a, sources, LossWindow()).abs().max()) < 1e-5

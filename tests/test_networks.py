@@ -161,3 +161,26 @@ def test_torchscript() -> None:
     net = FusionNet().eval()
     x = torch.rand(1, 2, 16, 16)
     assert torch.allclose(torch.jit.script(net)(x), net(x))
+
+
+def test_frozen_batch_norm_trains_the_function_inference_runs() -> None:
+    torch.manual_seed(0)
+    net = FusionNet(widths=(4, 6, 6, 4), init_std=0.3, freeze_batch_norm=True)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # statistics of some earlier training
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    x = torch.rand(3, 2, 20, 20)
+    net.train()
+    assert net.training and not any(bn.training for bn in bns)
+    out_train = net(x)
+    out_train.mean().backward()  # scale and shift still learn
+    assert all(bn.weight.grad is not None and bn.weight.requires_grad for bn in bns)
+    for bn, (mean, var) in zip(bns, stats):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    with torch.no_grad():
+        assert torch.equal(out_train.detach(), net.eval()(x))  # the same computation, bit for bit
+        plain = FusionNet(widths=(4, 6, 6, 4))
+        plain.load_state_dict(net.state_dict())  # the same state dict keys: checkpoints interchange
+        assert not torch.equal(plain.train()(x), out_train.detach())  # unfrozen: batch statistics

@@ -38,6 +38,8 @@ def test_every_configuration_merges_into_a_valid_loss() -> None:
         assert parser.get_parsed_content("val_interval") >= 1
     shipped = losses["var_gradwmean4_e480"]  # the shipped model's recipe (model card)
     assert shipped.term_weights == {"gradient": 4.0, "wmean": 4.0} and shipped.adaptive and shipped.clip
+    stage1 = losses["all_grad8_maxint4_e140_cos"]  # the shipped networks' first stage (model card)
+    assert stage1.term_weights == {"gradient": 8.0, "maxint": 4.0} and stage1.adaptive and stage1.clip
     assert losses["var075_gradmean4_e240"].weight_sigma == 0.75
     assert losses["base"].term_weights == {} and not losses["base"].adaptive
     cfgs = study.configurations("cpu", ["var_gradwmean4_e480", "var_gradmean4_extra"], 0.5)

@@ -12,6 +12,7 @@ Methods (names shared with the CLI, CSV columns and MLflow keys):
 name      method                                                             module
 ========  =================================================================  ==========================
 ``wa``    weighted averaging                                                 :mod:`.wa`
+``max``   per-pixel maximum (choose-max, the pixel form of IFCNN-MAX)        :mod:`.maximum`
 ``gff``   guided filtering fusion, Li, Kang & Hu, TIP 2013                   :mod:`.gff`
 ``lpcnn`` siamese CNN + Laplacian pyramid, Liu et al. 2017                   ``pipeline.baselines.lpcnn``
 ``dwt``   discrete wavelet transform, max-abs details / mean approximation   :mod:`.dwt`
@@ -37,6 +38,7 @@ __all__ = ["METHODS", "COLOUR_MODES", "UnknownMethodError", "get_method", "get_m
 #: Where each method lives: ``"module:function"``.
 _REGISTRY: dict[str, str] = {
     "wa": "pipeline.baselines.wa:fuse",
+    "max": "pipeline.baselines.maximum:fuse",
     "gff": "pipeline.baselines.gff:fuse",
     "lpcnn": "pipeline.baselines.lpcnn:fuse",
     "dwt": "pipeline.baselines.dwt:fuse",

@@ -124,7 +124,8 @@ def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.volumes import CT_WINDOWS, DEFAULT_PERCENTILES, parse_window
 
     g = parser.add_argument_group("volumes (A and B are NIfTI, DICOM series folders, MHA or NRRD)")
-    g.add_argument("--modality-a", default="CT", help="modality of A (default CT; CT is windowed in HU)")
+    g.add_argument("--modality-a", default="CT", help="modality of A (default CT; CT is windowed in HU); with "
+                                                      "cnn, images too: it picks the shipped network (PET, SPECT)")
     g.add_argument("--modality-b", default="MRI", help="modality of B (default MRI; scaled by percentiles)")
     g.add_argument("--register", action="store_true",
                    help="rigid registration (Mattes mutual information) of B to A before resampling")
@@ -153,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
 
         return run_fuse_volumes(args, params)
     a, b = read_pair(args.image_a, args.image_b)
+    if args.method == "cnn" and not params.get("checkpoint"):  # the shipped network of the pair type
+        from pipeline.model_index import pair_type
+
+        params["pair"] = pair_type(args.modality_a, args.modality_b)
     start = time.perf_counter()
     fused = fuse_pair(args.method, a / 255.0, b / 255.0, colour=args.colour, **params)
     seconds = time.perf_counter() - start

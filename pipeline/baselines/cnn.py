@@ -20,6 +20,7 @@ import torch
 
 from pipeline.weights import load_fusion_network, load_state_dict
 from pipeline.colour import fuse_with_colour
+from pipeline.model_index import checkpoint_for
 from pipeline.networks import inference_network
 from pipeline.resources import shipped_checkpoint
 
@@ -160,14 +161,18 @@ def fuse(
     b: np.ndarray,
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    pair: str | None = None,
 ) -> np.ndarray:
     """Fuse two registered slices with the trained FusionNet.
 
     Args:
         a: source A, ``(H, W)`` float in [0, 1] (a colour ``(H, W, 3)`` source is fused in YCbCr).
         b: source B, same size.
-        checkpoint: weights file; default :data:`DEFAULT_CHECKPOINT`.
+        checkpoint: weights file; default: the bundle's network for ``pair``
+            (:func:`pipeline.model_index.checkpoint_for`), :data:`DEFAULT_CHECKPOINT` for an unknown pair.
         device: ``"cpu"``/``"cuda"``; default CUDA when available.
+        pair: the pair type, e.g. ``"SPECT-MRI"``, which picks the shipped network (ignored with
+            ``checkpoint``).
 
     Returns:
         the fused image, float64 in [0, 1], ``(H, W)`` (``(H, W, 3)`` when a source is colour).
@@ -177,7 +182,7 @@ def fuse(
             first), or weights of another architecture.
         ValueError: the two images differ in size.
     """
-    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    path = Path(checkpoint) if checkpoint is not None else checkpoint_for(pair)
     if not path.is_file():
         load_state_dict(path)  # raises the explanatory CheckpointError
     dev = str(device) if device is not None else ("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -21,7 +21,7 @@ from pipeline.losses.kernels import (LossWindow, local_stats, sobel_gradients, s
                                      source_variance, variance_shares)
 
 __all__ = ["TermFn", "TERMS", "GRADIENT_BAND", "register_term", "parse_terms", "legacy_terms", "gradient",
-           "bgradient", "sgradient", "fine", "mean", "wmean", "wmean_error"]
+           "bgradient", "sgradient", "fine", "mean", "wmean", "wmean_error", "maxint"]
 
 #: A term: ``(fused (N, 1, H, W), sources (N, S, H, W), window) -> (N,)``, unweighted, per image.
 TermFn = Callable[[torch.Tensor, torch.Tensor, LossWindow], torch.Tensor]
@@ -267,3 +267,22 @@ def wmean(fused: torch.Tensor, sources: torch.Tensor, window: LossWindow = LossW
         ``(N,)``.
     """
     return _per_image(wmean_error(fused, sources, window))
+
+
+@register_term("maxint")
+def maxint(fused: torch.Tensor, sources: torch.Tensor, window: LossWindow = LossWindow()) -> torch.Tensor:
+    """Intensity of the brighter source: ``mean | F - max_i S_i |``.
+
+    The intensity term of CDDFuse's and SwinFusion's losses. It keeps what is bright in either
+    source at its own level (CT bone, PET/SPECT uptake) where SSIM against each source lets a
+    bright region fall to a grey interior inside a bright rim.
+
+    Args:
+        fused: ``(N, 1, H, W)``, float in [0, 1].
+        sources: ``(N, S, H, W)``, float in [0, 1].
+        window: unused.
+
+    Returns:
+        ``(N,)``.
+    """
+    return _per_image(fused - sources.amax(dim=1, keepdim=True))
