@@ -4,7 +4,9 @@
 # bundle (models/model_<pair>.pt, model.pt = the CT-MRI network, model.ts its TorchScript export).
 # Usage: bash studies/ship_models.sh HARVARD_DIR OUT [DEVICE]
 #   HARVARD_DIR: the flat atlas pair tree (../shared/data/harvard); OUT: data and runs go here.
-#   Deterministic on the CPU with one thread (OMP_NUM_THREADS=1): the same weights, bit for bit.
+#   With OMP_NUM_THREADS=1 these are the commands the shipped weights came from (CPU training is
+#   deterministic, tests/test_bundle.py); other thread counts round differently: another draw.
+#   Measured with OMP_NUM_THREADS=2 on the quiet 2-core CPU: 15 min 21 s in all (model card, "Cost").
 set -euo pipefail
 src=${1:?HARVARD_DIR}; out=${2:?OUT}; device=${3:-cpu}
 repo=$(cd "$(dirname "$0")/.." && pwd)

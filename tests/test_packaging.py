@@ -40,6 +40,10 @@ PACKAGE_DATA = (
     "bundles/ssim_fusion/configs/logging.conf",
     "bundles/ssim_fusion/models/model.pt",
     "bundles/ssim_fusion/models/model.ts",
+    "bundles/ssim_fusion/models/models.json",
+    "bundles/ssim_fusion/models/model_ct-mri.pt",
+    "bundles/ssim_fusion/models/model_pet-mri.pt",
+    "bundles/ssim_fusion/models/model_spect-mri.pt",
     "bundles/ssim_fusion/docs/README.md",
     "bundles/ssim_fusion/LICENSE",
     "configs/atlas_series.yaml",
@@ -193,6 +197,10 @@ def test_installed_wheel_fuses_with_the_shipped_model(installed: Installed, tmp_
     assert not any(p and Path(p).resolve() == REPO for p in where[2:]), "the checkout is on sys.path"
     bundle = Path(installed.run(work, "-m", "pipeline", "bundle-path").strip())
     assert bundle.resolve().is_relative_to(prefix) and (bundle / "models" / "model.pt").is_file()
+    chosen = installed.run(work, "-c", "from pipeline.model_index import checkpoint_for as c; "
+                                       "print(*(c(p).name for p in ('CT-MRI', 'PET-MRI', 'SPECT-MRI', 'US-MRI')), "
+                                       "all(c(p).is_file() for p in ('CT-MRI', 'PET-MRI', 'SPECT-MRI')))")
+    assert chosen.split() == ["model_ct-mri.pt", "model_pet-mri.pt", "model_spect-mri.pt", "model.pt", "True"]
     installed.run(work, "-m", "pipeline", "fuse", "--method", "cnn", "A.png", "B.png", "OUT.png")
     fused = np.asarray(Image.open(work / "OUT.png"))
     assert fused.shape == (48, 40) and fused.dtype == np.uint8
