@@ -443,7 +443,7 @@ def run_benchmark(
             run_params = {"datalist": str(Path(datalist).resolve()), "split": split,
                           "methods": ",".join(runnable), "skipped": ",".join(skipped) or "none",
                           "metrics": ",".join(metric_names),
-                          "colour": colour, "n_pairs": len(entries), "checkpoint": checkpoint or "default",
+                          "colour": colour, "n_pairs": len(entries), "checkpoint": checkpoint or "shipped, per pair type (models/models.json)",
                           "lpcnn_weights": lpcnn_weights or "default"}
             if conv.name != "project":
                 run_params["convention"] = conv.name
