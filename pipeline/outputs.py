@@ -21,13 +21,14 @@ the folder it changed, so a published name survives a power loss.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import socket
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -70,6 +71,23 @@ class OutputError(ValueError):
 
 class OutputPathError(OutputError):
     """A name from data that cannot be part of an output path, or two inputs with one output name."""
+
+
+@contextlib.contextmanager
+def _directory_flock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (a directory) for the block; a no-op where the
+    platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class OutputLockedError(OutputError):
@@ -348,33 +366,54 @@ class OutputLock:
               "what": self.what}
         for _ in range(8):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise OutputLockedError(
-                        f"{self.folder}: {owner.get('what', 'another run')} (pid {owner.get('pid')} on "
-                        f"{owner.get('host')}) is writing this output folder; wait for it to finish or "
-                        f"choose another folder. If that process is gone, delete {self.path}") from None
-                self._take_over(owner)
-                continue
+                created = self._create(json.dumps(me).encode())
             except OSError as err:
                 raise write_error(self.path, err) from err
-            try:
-                os.write(fd, json.dumps(me).encode())
-                os.fsync(fd)
-            except OSError as err:
-                os.close(fd)
-                self.path.unlink(missing_ok=True)
-                raise write_error(self.path, err) from err
-            os.close(fd)
-            self.held = True
-            return self
+            if created:
+                self.held = True
+                return self
+            owner = self._owner()
+            if owner is not None and _alive(owner):
+                raise OutputLockedError(
+                    f"{self.folder}: {owner.get('what', 'another run')} (pid {owner.get('pid')} on "
+                    f"{owner.get('host')}) is writing this output folder; wait for it to finish or "
+                    f"choose another folder. If that process is gone, delete {self.path}") from None
+            self._take_over(owner)
         raise OutputLockedError(f"{self.folder}: the lock {self.path} keeps changing hands; another run is "
                                 "starting on this folder. Try again")
 
+    def _create(self, content: bytes) -> bool:
+        """Create the lock file with its content in one step: written to a file of this process first,
+        then hard-linked into place (fails when the lock exists). A lock is never seen empty or half
+        written, so an unreadable lock is junk, never a racer's lock still being written (treated as
+        stale, that once let two racers win).
+
+        Args:
+            content: the owner record.
+
+        Returns:
+            ``True`` if this process created the lock, ``False`` if it exists.
+
+        Raises:
+            OSError: the lock or its temporary file cannot be written.
+        """
+        fresh = self.path.with_name(f"{self.path.name}.new-{os.getpid()}")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(fresh, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            fresh.unlink(missing_ok=True)
+
     def _owner(self) -> dict | None:
-        """The recorded owner, or ``None`` for a lock that cannot be read (being written, or junk)."""
+        """The recorded owner, or ``None`` for a lock that cannot be read (junk)."""
         try:
             owner = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -384,29 +423,27 @@ class OutputLock:
         return owner if isinstance(owner, dict) else None
 
     def _take_over(self, stale: dict | None) -> None:
-        """Remove a stale lock: renamed aside first and checked there, so that a lock another
-        process created meanwhile (it took the stale one over first) is put back, not removed.
+        """Remove a stale lock, unless it changed since it was read as stale.
+
+        Take-overs are serialised by an advisory lock (``flock``) on the folder's parent directory,
+        released by the kernel if the process dies, so nothing is left behind. Under it the lock is
+        read again: only the very lock found stale is removed. Without this, two racers that both
+        read the dead owner could each remove a lock, the second one the lock the first had just
+        created, and both win.
 
         Args:
             stale: the owner read from the stale lock (``None``: unreadable).
         """
-        grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-        try:
-            os.replace(self.path, grave)
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            raise write_error(self.path, err) from err
-        try:
-            moved: object = json.loads(grave.read_text())
-        except (OSError, ValueError):
-            moved = None
-        if isinstance(moved, dict) and moved != stale and _alive(moved):
+        with _directory_flock(self.path.parent):
+            current = self._owner()
+            if current != stale or (current is not None and _alive(current)):
+                return  # replaced meanwhile (or gone): the caller looks again
             try:
-                os.link(grave, self.path)  # a live lock taken by mistake: back, unless replaced again
-            except OSError:
+                self.path.unlink()
+            except FileNotFoundError:
                 pass
-        grave.unlink(missing_ok=True)
+            except OSError as err:
+                raise write_error(self.path, err) from err
 
     def release(self) -> None:
         """Remove the lock file (only this process's)."""
