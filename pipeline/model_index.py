@@ -14,6 +14,7 @@ subfolders ``DIR/SPECT`` and ``DIR/MRI``, a datalist entry's ``pair`` or ``modal
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -99,10 +100,20 @@ def read_index(folder: str | os.PathLike | None = None) -> dict[str, Any]:
     """
     root = Path(folder) if folder is not None else models_dir()
     path = root / INDEX_FILE
-    if not path.is_file():
-        return {"default": "model.pt", "pairs": {}}
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return {"default": "model.pt", "pairs": {}}
+    index = _parsed_index(str(path), mtime)
+    return {"default": index["default"], "pairs": dict(index["pairs"])}
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_index(path: str, mtime: int) -> dict[str, Any]:
+    """``models.json`` read and checked once per (file, modification time): pairs ask per entry."""
+    root = Path(path).parent
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable model index ({err}); reinstall the bundle") from None
     pairs = index.get("pairs", {}) if isinstance(index, dict) else None
