@@ -165,23 +165,22 @@ def run_inference(
     groups = checkpoint_groups(pairs, ckpt_path, by_folder=input_dir is not None)
     with staged:  # one set of checked names, one lock and all-or-nothing output for both engines
         targets = [staged.path(*name.split("/"), suffix=".png", source=pa) for name, pa, _ in pairs]
-        where = ""
+        where = "Ray workers"
+        if engine == "ray":
+            from pipeline.ray_engine import RayOptions, ray_inference
+
+            options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
+                                 threads_per_worker=ray_threads_per_worker)
         fusers = {} if engine == "ray" else {  # every network is loaded and checked before a pair is fused
             c: CNNFuser(load_fusion_network(c, device=device, widths=widths), amp=amp, batch_size=batch_size)
             for c in groups}
         for checkpoint, indices in groups.items():
-            group = [pairs[i] for i in indices]
             if engine == "ray":
-                from pipeline.ray_engine import RayOptions, ray_inference
-
-                options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker,
-                                     threads_per_worker=ray_threads_per_worker)
-                ray_inference(group, checkpoint, staged.staging, device=device, widths=widths, amp=amp,
-                              batch_size=batch_size, options=options)
-                where = "Ray workers"
+                ray_inference([pairs[i] for i in indices], checkpoint, staged.staging, device=device, widths=widths,
+                              amp=amp, batch_size=batch_size, options=options)
                 continue
             fuser = fusers[checkpoint]
-            for start in range(0, len(group), fuser.batch_size):
+            for start in range(0, len(indices), fuser.batch_size):
                 chunk = indices[start:start + fuser.batch_size]
                 sources = []
                 for i in chunk:
